@@ -1,0 +1,216 @@
+"""Image-text composition models, one registry (`MODELS`) whose keys are the --model choices.
+
+Every model honours TIRG's interface (Vo et al., "Composing Text and Image for Image
+Retrieval - An Empirical Odyssey", CVPR 2019):
+    extract_img_feature(imgs (B, 3, H, W))            -> (B, d)  gallery / target features
+    extract_text_feature(texts [B strings])            -> (B, d)
+    compose_img_text(imgs, texts, masks=None)           -> (B, d)  query features
+    compute_loss(imgs_query, texts, imgs_target, masks=None) -> {'total': scalar, terms...}
+`forward` is `compute_loss`, so a DistributedDataParallel wrapper trains any of them.
+`masks` (B, 3, H, W) are LPVL localisation masks; models without a mask branch ignore them.
+"""
+import os
+
+import torch
+import torchvision
+from torch import nn
+
+import torch_functions
+from errors import UsageError
+from text_model import TextLSTMModel
+
+IMAGENET_WEIGHTS = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+LEVEL_CHANNELS = (64, 128, 512)  # channels of the L, M, H levels of ResNet-18
+
+
+def imagenet_weights_path():
+    """Where torchvision's weights API keeps the ImageNet ResNet-18 (honours TORCH_HOME)."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(IMAGENET_WEIGHTS.url))
+
+
+def load_backbone_state(weights):
+    """State dict for `--backbone_weights`: 'none' (random init) -> None, 'imagenet', or a
+    path to a ResNet-18 state dict."""
+    if weights == 'none':
+        return None
+    if weights == 'imagenet':
+        try:
+            return IMAGENET_WEIGHTS.get_state_dict(progress=True)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError: no network
+            raise UsageError(
+                f'ImageNet ResNet-18 weights are not on disk and cannot be downloaded ({e}); '
+                f'put {os.path.basename(IMAGENET_WEIGHTS.url)} from {IMAGENET_WEIGHTS.url} at '
+                f'{imagenet_weights_path()} (TORCH_HOME sets the folder) or pass '
+                f'--backbone_weights /path/to/{os.path.basename(IMAGENET_WEIGHTS.url)}') from None
+    if not os.path.isfile(weights):
+        raise UsageError(f'--backbone_weights: no such file {weights} (use none, imagenet or '
+                         'the path of a ResNet-18 state dict)')
+    try:
+        return torch.load(weights, map_location='cpu', weights_only=True)
+    except Exception as e:  # any unreadable file is a user error here, named in one line
+        raise UsageError(f'--backbone_weights: cannot load {weights}: {e}') from None
+
+
+class ResNetBackbone(nn.Module):
+    """torchvision ResNet-18 without its classifier, exposing TILA's three levels."""
+
+    def __init__(self, weights='none'):
+        super().__init__()
+        net = torchvision.models.resnet18(weights=None)
+        state = load_backbone_state(weights)
+        if state is not None:
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as e:
+                raise UsageError(f'--backbone_weights {weights} is not a ResNet-18 state '
+                                 f'dict: {str(e).splitlines()[0]}') from None
+        self.pretrained = state is not None
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1, net.layer2, net.layer3, net.layer4)
+
+    def levels(self, x):
+        """x (B, 3, H, W) -> L (B, 64, H/4, W/4), M (B, 128, H/8, W/8), H (B, 512, H/32, W/32)."""
+        low = self.stem(x)
+        mid = self.layer2(self.layer1(low))
+        return low, mid, self.layer4(self.layer3(mid))
+
+    def forward(self, x):
+        """x (B, 3, H, W) -> H feature map (B, 512, H/32, W/32)."""
+        return self.levels(x)[2]
+
+
+def pool(x):
+    """Global average pooling: (B, C, h, w) -> (B, C)."""
+    return x.mean(dim=(2, 3))
+
+
+class ImgTextCompositionBase(nn.Module):
+    """Shared parts: ResNet-18 image model, LSTM text model, normalisation, loss."""
+
+    def __init__(self, vocab_words, embed_dim=512, loss='batch_based_classification',
+                 backbone_weights='none'):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.loss_fn = torch_functions.LOSSES[loss]
+        self.normalization_layer = torch_functions.NormalizationLayer(4.0, learn_scale=True)
+        self.img_model = ResNetBackbone(backbone_weights)
+        self.img_fc = nn.Linear(LEVEL_CHANNELS[2], embed_dim)
+        self.text_model = TextLSTMModel(vocab_words, text_embed_dim=embed_dim)
+
+    @classmethod
+    def from_args(cls, opt, vocab_words, input_size):
+        """Build from parsed flags; `input_size` (H, W) matters to models with spatial maps."""
+        return cls(vocab_words, embed_dim=opt.image_embed_dim, loss=opt.loss,
+                   backbone_weights=opt.backbone_weights)
+
+    def pretrained_parameters(self):
+        """Parameters loaded from pretrained weights (trained at a lower learning rate)."""
+        return list(self.img_model.parameters()) if self.img_model.pretrained else []
+
+    def extract_img_feature(self, imgs):
+        """imgs (B, 3, H, W) -> (B, d) = fc(pool(H))."""
+        return self.img_fc(pool(self.img_model(imgs)))
+
+    def extract_text_feature(self, texts):
+        """texts: B strings -> (B, d)."""
+        return self.text_model(texts)
+
+    def compose_img_text(self, imgs, texts, masks=None):
+        raise NotImplementedError
+
+    def compute_loss(self, imgs_query, texts, imgs_target, masks=None):
+        """The configured metric-learning loss between normalised query and target features."""
+        query = self.normalization_layer(self.compose_img_text(imgs_query, texts, masks))
+        target = self.normalization_layer(self.extract_img_feature(imgs_target))
+        return {'total': self.loss_fn(query, target)}
+
+    def forward(self, imgs_query, texts, imgs_target, masks=None):
+        return self.compute_loss(imgs_query, texts, imgs_target, masks)
+
+
+class ImgOnly(ImgTextCompositionBase):
+    """Baseline: the query is the reference image's feature; the text is ignored."""
+
+    def compose_img_text(self, imgs, texts, masks=None):
+        return self.extract_img_feature(imgs)
+
+
+class TextOnly(ImgTextCompositionBase):
+    """Baseline: the query is the text feature; the reference image is ignored."""
+
+    def compose_img_text(self, imgs, texts, masks=None):
+        return self.extract_text_feature(texts)
+
+
+class Concat(ImgTextCompositionBase):
+    """Baseline: an MLP on the concatenated image and text features."""
+
+    def __init__(self, vocab_words, embed_dim=512, **kwargs):
+        super().__init__(vocab_words, embed_dim, **kwargs)
+        d = embed_dim
+        self.mlp = nn.Sequential(
+            nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, 2 * d),
+            nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Dropout(0.1), nn.Linear(2 * d, d))
+
+    def compose_img_text(self, imgs, texts, masks=None):
+        both = torch.cat([self.extract_img_feature(imgs), self.extract_text_feature(texts)], 1)
+        return self.mlp(both)
+
+
+class TIRG(ImgTextCompositionBase):
+    """TIRG: query = w0 * sigmoid(gate([img; text])) * img + w1 * residual([img; text])."""
+
+    def __init__(self, vocab_words, embed_dim=512, **kwargs):
+        super().__init__(vocab_words, embed_dim, **kwargs)
+        d = embed_dim
+        self.a = nn.Parameter(torch.tensor([1.0, 10.0]))
+        self.gated_feature_composer = nn.Sequential(
+            nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, d))
+        self.res_info_composer = nn.Sequential(
+            nn.BatchNorm1d(2 * d), nn.ReLU(), nn.Linear(2 * d, 2 * d), nn.ReLU(),
+            nn.Linear(2 * d, d))
+
+    def compose_img_text(self, imgs, texts, masks=None):
+        img = self.extract_img_feature(imgs)
+        both = torch.cat([img, self.extract_text_feature(texts)], 1)
+        gate = torch.sigmoid(self.gated_feature_composer(both))
+        return self.a[0] * gate * img + self.a[1] * self.res_info_composer(both)
+
+
+class TIRGLastConv(ImgTextCompositionBase):
+    """TIRG applied on the last feature map: the text is tiled over space and both branches
+    are BatchNorm2d, 3x3 Conv, ReLU, 3x3 Conv; then pool and fc."""
+
+    def __init__(self, vocab_words, embed_dim=512, **kwargs):
+        super().__init__(vocab_words, embed_dim, **kwargs)
+        c, d = LEVEL_CHANNELS[2], embed_dim
+        self.a = nn.Parameter(torch.tensor([1.0, 10.0]))
+
+        def branch():
+            return nn.Sequential(nn.BatchNorm2d(c + d), nn.Conv2d(c + d, c + d, 3, padding=1),
+                                 nn.ReLU(), nn.Conv2d(c + d, c, 3, padding=1))
+        self.mod2d, self.mod2d_gate = branch(), branch()
+
+    def compose_img_text(self, imgs, texts, masks=None):
+        fmap = self.img_model(imgs)  # (B, 512, h, w)
+        text = self.extract_text_feature(texts)[:, :, None, None].expand(
+            -1, -1, *fmap.shape[2:])
+        both = torch.cat([fmap, text], 1)
+        out = self.a[0] * torch.sigmoid(self.mod2d_gate(both)) * fmap + self.a[1] * self.mod2d(both)
+        return self.img_fc(pool(out))
+
+
+MODELS = {
+    'imgonly': ImgOnly,
+    'textonly': TextOnly,
+    'concat': Concat,
+    'tirg': TIRG,
+    'tirg_lastconv': TIRGLastConv,
+}
+
+
+def build_model(opt, vocab_words, input_size):
+    """The model named by opt.model, built from the flags, the vocabulary and the input
+    image size (H, W)."""
+    return MODELS[opt.model].from_args(opt, vocab_words, input_size)

@@ -1,0 +1,290 @@
+"""Train and evaluate image-text composition models for interactive image retrieval.
+
+    python main.py                         # quick start: generated CSS data, a few minutes on CPU
+    python main.py --dataset=fashion200k --dataset_path=../data/fashion200k/ --model=LGLI \
+        --loss=batch_based_classification --learning_rate_decay_frequency=50000 \
+        --num_iters=160000 --use_complete_text_query True
+"""
+import argparse
+import datetime
+import json
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+import css_generator
+import datasets
+import img_text_composition_models
+import test_retrieval
+import torch_functions
+from errors import UsageError, one_line
+from text_model import SimpleVocab
+
+DEFAULT_CSS_PATH = os.path.join('data', 'css_generated')
+PRETRAINED_LR_FACTOR = 0.1  # pretrained backbone layers train at 0.1 x the learning rate
+MODEL_FLAGS = ('model', 'image_embed_dim', 'loss', 'backbone_weights')  # define the network
+
+
+def str2bool(value):
+    """'True'/'False'/'1'/'0'/'yes'/'no' (any case) -> bool."""
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ('true', '1', 'yes', 'y', 't'):
+        return True
+    if value.lower() in ('false', '0', 'no', 'n', 'f'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected True or False, got {value!r}')
+
+
+def add_bool(parser, name, default, help):
+    """A bool flag usable as `--name`, `--name True` or `--name=False`."""
+    parser.add_argument(name, type=str2bool, nargs='?', const=True, default=default, help=help)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--dataset', default='css3d', choices=sorted(datasets.DATASETS))
+    p.add_argument('--dataset_path', default=None,
+                   help=f'dataset folder (css3d default: {DEFAULT_CSS_PATH}, generated if absent)')
+    p.add_argument('--model', default='tirg', choices=sorted(img_text_composition_models.MODELS))
+    p.add_argument('--image_embed_dim', '--embed_dim', type=int, default=512)
+    p.add_argument('--backbone_weights', default=None,
+                   help='none, imagenet or a ResNet-18 state-dict path '
+                        '(default: none on css3d, imagenet elsewhere)')
+    p.add_argument('--loss', default='batch_based_classification',
+                   choices=sorted(torch_functions.LOSSES))
+    p.add_argument('--learning_rate', type=float, default=1e-2)
+    p.add_argument('--learning_rate_decay_frequency', type=int, default=9999999,
+                   help='multiply the learning rate by 0.1 every this many iterations')
+    p.add_argument('--batch_size', type=int, default=32)
+    p.add_argument('--weight_decay', type=float, default=1e-6)
+    p.add_argument('--num_iters', type=int, default=1000)
+    p.add_argument('--eval_every', type=int, default=5000, help='evaluate every N iterations')
+    p.add_argument('--eval_batch_size', type=int, default=128)
+    p.add_argument('--loader_num_workers', type=int, default=2)
+    p.add_argument('--css_render', default='png', choices=['png', '2d'],
+                   help='css3d images: read the PNGs, or draw 2-D scenes from the annotations')
+    add_bool(p, '--use_complete_text_query', False,
+             'the text is the whole target description instead of the modification')
+    add_bool(p, '--test_only', False, 'evaluate --model_checkpoint and exit')
+    p.add_argument('--model_checkpoint', default='', help='checkpoint for --test_only')
+    p.add_argument('--comment', default='', help='suffix of the run directory name')
+    p.add_argument('--log_dir', default='runs', help='run directories are created in here')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:N')
+    opt = p.parse_args(argv)
+    return resolve_defaults(opt)
+
+
+def resolve_defaults(opt):
+    """Fill dataset-dependent defaults and check flag values; bad values raise UsageError."""
+    if opt.dataset_path is None:
+        if opt.dataset != 'css3d':
+            raise UsageError(f'--dataset_path is required for --dataset={opt.dataset}')
+        opt.dataset_path = DEFAULT_CSS_PATH
+    if opt.backbone_weights is None:
+        opt.backbone_weights = 'none' if opt.dataset == 'css3d' else 'imagenet'
+    for name in ('num_iters', 'eval_every', 'eval_batch_size', 'image_embed_dim'):
+        if getattr(opt, name) < 1:
+            raise UsageError(f'--{name} must be at least 1, got {getattr(opt, name)}')
+    if opt.batch_size < 2:
+        raise UsageError(f'--batch_size must be at least 2 for the {opt.loss} loss '
+                         f'(it contrasts the samples of a batch), got {opt.batch_size}')
+    if opt.test_only and not opt.model_checkpoint:
+        raise UsageError('--test_only needs --model_checkpoint PATH')
+    return opt
+
+
+def resolve_device(name):
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device(name)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'--device {name}: CUDA is not available on this machine')
+    return device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def ensure_quickstart_data(opt):
+    """Generate the quick-start CSS set on first use of the default path."""
+    npy = os.path.join(opt.dataset_path, css_generator.NPY_NAME)
+    if opt.dataset == 'css3d' and opt.dataset_path == DEFAULT_CSS_PATH and not os.path.isfile(npy):
+        print(f'No CSS data at {opt.dataset_path}: generating the quick-start set '
+              '(css_generator.py, default flags, seed 0; once, about 10 s)')
+        css_generator.generate(opt.dataset_path, seed=0)
+
+
+def load_datasets(opt):
+    """(trainset, testset) for opt.dataset with its default transform."""
+    ensure_quickstart_data(opt)
+    cls = datasets.DATASETS[opt.dataset]
+    kwargs = {'render': '2d' if opt.css_render == '2d' else None} if opt.dataset == 'css3d' else {}
+    transform = datasets.make_transform(cls.crop_size)
+    trainset = cls(opt.dataset_path, split='train', transform=transform, **kwargs)
+    testset = cls(opt.dataset_path, split='test', transform=transform, **kwargs)
+    trainset.seed = opt.seed
+    print(f'{opt.dataset}: {len(trainset.imgs)} training images, {len(testset.imgs)} test '
+          f'images, {len(testset.get_test_queries())} test queries, chance level '
+          f'recall_top1 {test_retrieval.chance_recall_at_1(testset):.4f}')
+    return trainset, testset
+
+
+def create_run_dir(opt):
+    """<log_dir>/<time>_<comment>/ with args.json; returns (path, SummaryWriter)."""
+    name = datetime.datetime.now().strftime('%b%d_%H-%M-%S') + (f'_{opt.comment}' if opt.comment else '')
+    run_dir = os.path.join(opt.log_dir, name)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, 'args.json'), 'w') as f:
+            json.dump(vars(opt), f, indent=2)
+    except OSError as e:
+        raise UsageError(f'--log_dir {opt.log_dir}: cannot write the run directory ({e})') from None
+    writer = SummaryWriter(run_dir)
+    writer.add_text('args', json.dumps(vars(opt), indent=2).replace('\n', '  \n'), 0)
+    print(f'Log files saved to {run_dir}')
+    return run_dir, writer
+
+
+def build_optimizer(opt, model):
+    """SGD (momentum 0.9); pretrained backbone layers at PRETRAINED_LR_FACTOR x lr."""
+    pretrained = {id(p) for p in model.pretrained_parameters()}
+    groups = [{'params': [p for p in model.parameters() if id(p) not in pretrained]}]
+    if pretrained:
+        groups.append({'params': model.pretrained_parameters(),
+                       'lr': PRETRAINED_LR_FACTOR * opt.learning_rate})
+    return torch.optim.SGD(groups, lr=opt.learning_rate, momentum=0.9,
+                           weight_decay=opt.weight_decay)
+
+
+def save_checkpoint(path, model, optimizer, scheduler, it, opt):
+    """Atomically write a checkpoint (temporary file, then os.replace)."""
+    state = {'it': it, 'opt': vars(opt), 'model_state_dict': model.state_dict(),
+             'optimizer_state_dict': optimizer.state_dict(),
+             'scheduler_state_dict': scheduler.state_dict(),
+             'vocab': list(model.text_model.vocab.words),
+             'torch_rng_state': torch.get_rng_state()}
+    torch.save(state, path + '.tmp')
+    os.replace(path + '.tmp', path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UsageError(f'checkpoint not found: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # corrupt or foreign files are a user error, named in one line
+        raise UsageError(f'cannot load checkpoint {path}: {str(e).splitlines()[0]}') from None
+
+
+def evaluate(opt, model, testset, writer, it, run_dir, train_loss=None):
+    """Recall@K on the test split: printed one metric per line, logged to TensorBoard and
+    appended to <run_dir>/results.jsonl with the mean training loss since the last one."""
+    results = test_retrieval.test(opt, model, testset)
+    for name, value in results:
+        print(f'test {name} {value:.4f}')
+        writer.add_scalar(f'test/{name}', value, it)
+    with open(os.path.join(run_dir, 'results.jsonl'), 'a') as f:
+        f.write(json.dumps({'it': it, 'train_loss': train_loss, **dict(results)}) + '\n')
+    return results
+
+
+def batches(trainset, opt, start_it, device):
+    """Endless training batches, starting at sample start_it * batch_size."""
+    sampler = range(start_it * opt.batch_size, sys.maxsize)
+    return iter(trainset.get_loader(batch_size=opt.batch_size, sampler=sampler, drop_last=True,
+                                    num_workers=opt.loader_num_workers,
+                                    pin_memory=device.type == 'cuda'))
+
+
+def train_step(model, batch, optimizer, device, it):
+    """One SGD step on a batch of training samples; returns the loss terms as floats."""
+    losses = model(batch['source_img_data'].to(device, non_blocking=True), batch['mod']['str'],
+                   batch['target_img_data'].to(device, non_blocking=True))
+    if not torch.isfinite(losses['total']):
+        raise FloatingPointError(f'non-finite loss {losses["total"].item()} at iteration {it}')
+    optimizer.zero_grad(set_to_none=True)
+    losses['total'].backward()
+    optimizer.step()
+    return {name: value.item() for name, value in losses.items()}
+
+
+def train(opt, model, trainset, testset, device, run_dir, writer):
+    """The training loop: SGD steps, step-decay schedule, periodic evaluation and checkpoints.
+    Returns the final evaluation."""
+    optimizer = build_optimizer(opt, model)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opt.learning_rate_decay_frequency, 0.1)
+    checkpoint_path = os.path.join(run_dir, 'latest_checkpoint.pth')
+    data = batches(trainset, opt, 0, device)
+    results, loss_sum, loss_count = [], 0.0, 0
+    model.train()
+    for it in tqdm(range(1, opt.num_iters + 1), desc='train', dynamic_ncols=True):
+        losses = train_step(model, next(data), optimizer, device, it)
+        writer.add_scalar('train/learning_rate', optimizer.param_groups[0]['lr'], it)
+        scheduler.step()
+        for name, value in losses.items():
+            writer.add_scalar(f'train/loss_{name}', value, it)
+        loss_sum, loss_count = loss_sum + losses['total'], loss_count + 1
+        if it % opt.eval_every == 0 or it == opt.num_iters:
+            tqdm.write(f'iteration {it}: mean loss {loss_sum / loss_count:.4f}')
+            results = evaluate(opt, model, testset, writer, it, run_dir, loss_sum / loss_count)
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, it, opt)
+            loss_sum, loss_count = 0.0, 0
+    print(f'Checkpoint saved to {checkpoint_path}')
+    return results
+
+
+def test_only(opt, testset, device):
+    """Evaluate --model_checkpoint with its own vocabulary and model flags."""
+    checkpoint = load_checkpoint(opt.model_checkpoint)
+    for name in MODEL_FLAGS:
+        setattr(opt, name, checkpoint['opt'].get(name, getattr(opt, name)))
+    model_opt = argparse.Namespace(**dict(vars(opt), backbone_weights='none'))
+    model = img_text_composition_models.build_model(
+        model_opt, checkpoint['vocab'], tuple(testset.get_img(0).shape[-2:]))
+    try:
+        model.load_state_dict(checkpoint['model_state_dict'])
+    except RuntimeError as e:
+        raise UsageError(f'checkpoint {opt.model_checkpoint} does not fit --model={opt.model}: '
+                         f'{str(e).splitlines()[1].strip()}') from None
+    return model.to(device)
+
+
+def main(argv=None):
+    """Parse flags, train (or evaluate a checkpoint) and return the final [(name, recall)]."""
+    opt = parse_args(argv)
+    device = resolve_device(opt.device)
+    seed_everything(opt.seed)
+    trainset, testset = load_datasets(opt)
+    run_dir, writer = create_run_dir(opt)
+    if opt.test_only:
+        results = evaluate(opt, test_only(opt, testset, device), testset, writer, 0, run_dir)
+    else:
+        input_size = tuple(trainset.get_img(0).shape[-2:])
+        vocab = SimpleVocab.from_texts(trainset.get_all_texts()).words
+        model = img_text_composition_models.build_model(opt, vocab, input_size)
+        results = train(opt, model.to(device), trainset, testset, device, run_dir, writer)
+    writer.close()
+    return results
+
+
+def cli():
+    try:
+        main()
+    except UsageError as e:
+        print(f'error: {one_line(e)}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(cli())
