@@ -9,6 +9,7 @@ the output does not depend on call order, DataLoader workers are safe, and a res
 continues the exact sample stream. A sample is a dict:
     source_img_id, source_img_data (3, H, W), target_img_id, target_img_data (3, H, W),
     mod = {'id': int, 'str': text}
+    source_img_mask (3, H, W), the LPVL mask, when `mask_source` is set
 """
 import os
 
@@ -18,6 +19,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 import css_generator
+import lpvl
 from errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,6 +51,8 @@ class BaseDataset(torch.utils.data.Dataset):
         self.test_queries = []
         self.seed = 0  # training samples derive from (seed, rank, index)
         self.rank = 0
+        self.transform = None
+        self.mask_source = None  # an lpvl.MASK_SOURCES entry: samples then carry masks
 
     def get_test_queries(self):
         return self.test_queries
@@ -69,12 +73,33 @@ class BaseDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.imgs)
 
+    def mask_queries(self):
+        """Every (reference image id, text) whose LPVL mask training or testing can ask for."""
+        return [(q['source_img_id'], q['mod']['str']) for q in self.get_test_queries()]
+
+    def apply_transform(self, img):
+        return self.transform(img) if self.transform else img
+
+    def get_source(self, img_id, text):
+        """{'img': reference image (3, H, W)} plus, when mask_source is set, 'mask': its
+        LPVL mask for `text`, transformed exactly like the image."""
+        raw = self.get_img(img_id, raw_img=True)
+        out = {'img': self.apply_transform(raw)}
+        if self.mask_source:
+            mask = lpvl.load_mask(self, self.mask_source, img_id, text, raw.size)
+            out['mask'] = self.apply_transform(mask)
+        return out
+
     def __getitem__(self, idx):
         """Training sample number `idx` (any non-negative integer)."""
         source, mod_id, target, text = self.generate_training_query(idx)
-        return {'source_img_id': source, 'source_img_data': self.get_img(source),
+        reference = self.get_source(source, text)
+        item = {'source_img_id': source, 'source_img_data': reference['img'],
                 'target_img_id': target, 'target_img_data': self.get_img(target),
                 'mod': {'id': mod_id, 'str': text}}
+        if 'mask' in reference:
+            item['source_img_mask'] = reference['mask']
+        return item
 
     def get_loader(self, batch_size, shuffle=False, drop_last=False, num_workers=0,
                    sampler=None, pin_memory=False):
@@ -122,9 +147,7 @@ class CSSDataset(BaseDataset):
             img = Image.fromarray(css_generator.render_scene(objects, self.render_size))
         else:
             img = read_rgb(self.image_path(idx))
-        if raw_img or self.transform is None:
-            return img
-        return self.transform(img)
+        return img if raw_img else self.apply_transform(img)
 
     def random_pair(self, rng):
         """A random mod and one of its (from, to) pairs: (source, mod_id, target)."""

@@ -88,6 +88,8 @@ def pool(x):
 class ImgTextCompositionBase(nn.Module):
     """Shared parts: ResNet-18 image model, LSTM text model, normalisation, loss."""
 
+    uses_mask = False  # True: queries are composed with an LPVL mask
+
     def __init__(self, vocab_words, embed_dim=512, loss='batch_based_classification',
                  backbone_weights='none'):
         super().__init__()
@@ -201,12 +203,117 @@ class TIRGLastConv(ImgTextCompositionBase):
         return self.img_fc(pool(out))
 
 
+def conv_out(n, kernel, stride, padding):
+    return (n + 2 * padding - kernel) // stride + 1
+
+
+def level_sizes(input_size):
+    """Spatial (h, w) of the L, M, H levels of ResNet-18 for an (H, W) input."""
+    def sizes(n):
+        low = conv_out(conv_out(n, 7, 2, 3), 3, 2, 1)  # conv1, maxpool
+        mid = conv_out(low, 3, 2, 1)  # layer2
+        return low, mid, conv_out(conv_out(mid, 3, 2, 1), 3, 2, 1)  # layer3, layer4
+    return list(zip(sizes(input_size[0]), sizes(input_size[1])))
+
+
+class TextMap(nn.Module):
+    """Text feature (B, d) -> full (B, C, h, w) map. 'mlp' (published CSS variant):
+    Linear(d, C*h), ReLU, Linear(C*h, C*h*w); 'linear' (published Fashion200k variant):
+    Linear(d, C*h*w)."""
+
+    def __init__(self, text_dim, channels, size, kind='mlp'):
+        super().__init__()
+        self.shape = (channels, *size)
+        c, h, w = self.shape
+        self.proj = nn.Sequential(nn.Linear(text_dim, c * h), nn.ReLU(),
+                                  nn.Linear(c * h, c * h * w)) if kind == 'mlp' else \
+            nn.Linear(text_dim, c * h * w)
+
+    def forward(self, text):
+        return self.proj(text).view(len(text), *self.shape)
+
+
+def infiltrate(feature, mask_feature, text_map, mask_scale):
+    """TILA on one level. Local awareness C = F + s * F * Fm, then infiltration
+    ((C - mu(F)) / (sigma(F) + 1e-5)) * T + F with per-sample, per-channel statistics of F
+    over space, detached. All (B, C, h, w)."""
+    aware = feature + mask_scale * feature * mask_feature
+    mu = feature.mean(dim=(2, 3), keepdim=True).detach()
+    sigma = feature.std(dim=(2, 3), unbiased=False, keepdim=True).detach()
+    return (aware - mu) / (sigma + 1e-5) * text_map + feature
+
+
+class LGLI(ImgTextCompositionBase):
+    """LGLI (Huang & Zhang, "Language Guided Local Infiltration for Interactive Image
+    Retrieval", CVPR Workshops 2023): the TILA module infiltrates text maps into the L, M
+    and H levels of the reference image, made aware of the LPVL localisation mask, which
+    goes through the same backbone. Images (query and gallery alike) are represented by
+    fc1 over the three pooled levels; the loss adds one term per level."""
+
+    LEVEL_NAMES = ('L', 'M', 'H')
+    uses_mask = True
+
+    def __init__(self, vocab_words, embed_dim=512, input_size=(64, 64), mask_scale=1e-5,
+                 text_proj='mlp', multi_level_loss=True, **kwargs):
+        super().__init__(vocab_words, embed_dim, **kwargs)
+        del self.img_fc  # LGLI represents images through fc1 over all three levels
+        self.fc1 = nn.Linear(sum(LEVEL_CHANNELS), embed_dim)
+        self.text_maps = nn.ModuleList(
+            TextMap(embed_dim, c, size, text_proj)
+            for c, size in zip(LEVEL_CHANNELS, level_sizes(input_size)))
+        self.mask_scale = mask_scale
+        self.multi_level_loss = multi_level_loss
+
+    @classmethod
+    def from_args(cls, opt, vocab_words, input_size):
+        return cls(vocab_words, embed_dim=opt.image_embed_dim, loss=opt.loss,
+                   backbone_weights=opt.backbone_weights, input_size=input_size,
+                   mask_scale=opt.mask_scale, text_proj=opt.text_proj,
+                   multi_level_loss=opt.multi_level_loss)
+
+    def extract_img_levels(self, imgs):
+        """imgs (B, 3, H, W) -> (fc1 representation (B, d), pooled levels [(B, 64),
+        (B, 128), (B, 512)])."""
+        pooled = [pool(level) for level in self.img_model.levels(imgs)]
+        return self.fc1(torch.cat(pooled, 1)), pooled
+
+    def extract_img_feature(self, imgs):
+        return self.extract_img_levels(imgs)[0]
+
+    def compose_levels(self, imgs, texts, masks):
+        """Query (B, d) and its pooled infiltrated levels, from reference images and masks
+        (B, 3, H, W) and B texts."""
+        if masks is None:
+            raise ValueError('LGLI composes with a localisation mask; got masks=None')
+        text = self.extract_text_feature(texts)
+        pooled = [pool(infiltrate(f, fm, text_map(text), self.mask_scale))
+                  for f, fm, text_map in zip(self.img_model.levels(imgs),
+                                             self.img_model.levels(masks), self.text_maps)]
+        return self.fc1(torch.cat(pooled, 1)), pooled
+
+    def compose_img_text(self, imgs, texts, masks=None):
+        return self.compose_levels(imgs, texts, masks)[0]
+
+    def compute_loss(self, imgs_query, texts, imgs_target, masks=None):
+        """The loss on (query, target) plus, with multi_level_loss, one term per level."""
+        query, query_levels = self.compose_levels(imgs_query, texts, masks)
+        target, target_levels = self.extract_img_levels(imgs_target)
+        pairs = {'final': (query, target)}
+        if self.multi_level_loss:
+            pairs.update(zip(self.LEVEL_NAMES, zip(query_levels, target_levels)))
+        losses = {name: self.loss_fn(self.normalization_layer(q), self.normalization_layer(t))
+                  for name, (q, t) in pairs.items()}
+        losses['total'] = sum(losses.values())
+        return losses
+
+
 MODELS = {
     'imgonly': ImgOnly,
     'textonly': TextOnly,
     'concat': Concat,
     'tirg': TIRG,
     'tirg_lastconv': TIRGLastConv,
+    'LGLI': LGLI,
 }
 
 

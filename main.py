@@ -20,6 +20,7 @@ from tqdm import tqdm
 import css_generator
 import datasets
 import img_text_composition_models
+import lpvl
 import test_retrieval
 import torch_functions
 from errors import UsageError, one_line
@@ -27,7 +28,9 @@ from text_model import SimpleVocab
 
 DEFAULT_CSS_PATH = os.path.join('data', 'css_generated')
 PRETRAINED_LR_FACTOR = 0.1  # pretrained backbone layers train at 0.1 x the learning rate
-MODEL_FLAGS = ('model', 'image_embed_dim', 'loss', 'backbone_weights')  # define the network
+# flags that define the network: --test_only takes them from the checkpoint
+MODEL_FLAGS = ('model', 'image_embed_dim', 'loss', 'mask_scale', 'text_proj', 'multi_level_loss',
+               'mask_source')
 
 
 def str2bool(value):
@@ -51,19 +54,30 @@ def parse_args(argv=None):
     p.add_argument('--dataset', default='css3d', choices=sorted(datasets.DATASETS))
     p.add_argument('--dataset_path', default=None,
                    help=f'dataset folder (css3d default: {DEFAULT_CSS_PATH}, generated if absent)')
-    p.add_argument('--model', default='tirg', choices=sorted(img_text_composition_models.MODELS))
+    p.add_argument('--model', default='LGLI', choices=sorted(img_text_composition_models.MODELS))
     p.add_argument('--image_embed_dim', '--embed_dim', type=int, default=512)
     p.add_argument('--backbone_weights', default=None,
                    help='none, imagenet or a ResNet-18 state-dict path '
                         '(default: none on css3d, imagenet elsewhere)')
     p.add_argument('--loss', default='batch_based_classification',
                    choices=sorted(torch_functions.LOSSES))
+    p.add_argument('--mask_source', default=None, choices=lpvl.MASK_SOURCES,
+                   help='LPVL masks for LGLI (default: scene on css3d, detector_clip elsewhere)')
+    p.add_argument('--mask_scale', type=float, default=1e-5,
+                   help='s in the local awareness C = F + s * F * Fm (published: 1e-5)')
+    p.add_argument('--text_proj', default=None, choices=['mlp', 'linear'],
+                   help='LGLI text maps (default: mlp on css3d, linear elsewhere)')
+    add_bool(p, '--multi_level_loss', True, 'LGLI: add the per-level loss terms')
+    p.add_argument('--lpvl_topk', type=int, default=None,
+                   help='detector_clip boxes kept (default: 3 on css3d, 1 elsewhere)')
+    p.add_argument('--detector_weights', default=None, help='Faster R-CNN COCO state dict')
+    p.add_argument('--clip_weights', default=None, help='open_clip ViT-B-32 checkpoint')
     p.add_argument('--learning_rate', type=float, default=1e-2)
     p.add_argument('--learning_rate_decay_frequency', type=int, default=9999999,
                    help='multiply the learning rate by 0.1 every this many iterations')
     p.add_argument('--batch_size', type=int, default=32)
     p.add_argument('--weight_decay', type=float, default=1e-6)
-    p.add_argument('--num_iters', type=int, default=1000)
+    p.add_argument('--num_iters', type=int, default=600)
     p.add_argument('--eval_every', type=int, default=5000, help='evaluate every N iterations')
     p.add_argument('--eval_batch_size', type=int, default=128)
     p.add_argument('--loader_num_workers', type=int, default=2)
@@ -87,8 +101,16 @@ def resolve_defaults(opt):
         if opt.dataset != 'css3d':
             raise UsageError(f'--dataset_path is required for --dataset={opt.dataset}')
         opt.dataset_path = DEFAULT_CSS_PATH
-    if opt.backbone_weights is None:
-        opt.backbone_weights = 'none' if opt.dataset == 'css3d' else 'imagenet'
+    css = opt.dataset == 'css3d'
+    for name, css_default, other_default in (('backbone_weights', 'none', 'imagenet'),
+                                             ('mask_source', 'scene', 'detector_clip'),
+                                             ('text_proj', 'mlp', 'linear'),
+                                             ('lpvl_topk', 3, 1)):
+        if getattr(opt, name) is None:
+            setattr(opt, name, css_default if css else other_default)
+    if opt.mask_source == 'scene' and not css:
+        raise UsageError('--mask_source scene needs CSS scene annotations; use detector_clip '
+                         'or none on ' + opt.dataset)
     for name in ('num_iters', 'eval_every', 'eval_batch_size', 'image_embed_dim'):
         if getattr(opt, name) < 1:
             raise UsageError(f'--{name} must be at least 1, got {getattr(opt, name)}')
@@ -133,6 +155,8 @@ def load_datasets(opt):
     trainset = cls(opt.dataset_path, split='train', transform=transform, **kwargs)
     testset = cls(opt.dataset_path, split='test', transform=transform, **kwargs)
     trainset.seed = opt.seed
+    if img_text_composition_models.MODELS[opt.model].uses_mask:
+        trainset.mask_source = testset.mask_source = opt.mask_source
     print(f'{opt.dataset}: {len(trainset.imgs)} training images, {len(testset.imgs)} test '
           f'images, {len(testset.get_test_queries())} test queries, chance level '
           f'recall_top1 {test_retrieval.chance_recall_at_1(testset):.4f}')
@@ -208,8 +232,9 @@ def batches(trainset, opt, start_it, device):
 
 def train_step(model, batch, optimizer, device, it):
     """One SGD step on a batch of training samples; returns the loss terms as floats."""
-    losses = model(batch['source_img_data'].to(device, non_blocking=True), batch['mod']['str'],
-                   batch['target_img_data'].to(device, non_blocking=True))
+    to_device = lambda key: batch[key].to(device, non_blocking=True) if key in batch else None
+    losses = model(to_device('source_img_data'), batch['mod']['str'],
+                   to_device('target_img_data'), to_device('source_img_mask'))
     if not torch.isfinite(losses['total']):
         raise FloatingPointError(f'non-finite loss {losses["total"].item()} at iteration {it}')
     optimizer.zero_grad(set_to_none=True)
@@ -243,20 +268,23 @@ def train(opt, model, trainset, testset, device, run_dir, writer):
     return results
 
 
-def test_only(opt, testset, device):
-    """Evaluate --model_checkpoint with its own vocabulary and model flags."""
-    checkpoint = load_checkpoint(opt.model_checkpoint)
+def adopt_model_flags(opt, checkpoint):
+    """Take the flags that define the network from a checkpoint (for --test_only)."""
     for name in MODEL_FLAGS:
-        setattr(opt, name, checkpoint['opt'].get(name, getattr(opt, name)))
+        if name in checkpoint['opt']:
+            setattr(opt, name, checkpoint['opt'][name])
+
+
+def restore_model(opt, checkpoint, input_size):
+    """The checkpoint's model, rebuilt with its own vocabulary and flags."""
     model_opt = argparse.Namespace(**dict(vars(opt), backbone_weights='none'))
-    model = img_text_composition_models.build_model(
-        model_opt, checkpoint['vocab'], tuple(testset.get_img(0).shape[-2:]))
+    model = img_text_composition_models.build_model(model_opt, checkpoint['vocab'], input_size)
     try:
         model.load_state_dict(checkpoint['model_state_dict'])
     except RuntimeError as e:
         raise UsageError(f'checkpoint {opt.model_checkpoint} does not fit --model={opt.model}: '
                          f'{str(e).splitlines()[1].strip()}') from None
-    return model.to(device)
+    return model
 
 
 def main(argv=None):
@@ -264,12 +292,16 @@ def main(argv=None):
     opt = parse_args(argv)
     device = resolve_device(opt.device)
     seed_everything(opt.seed)
+    checkpoint = load_checkpoint(opt.model_checkpoint) if opt.test_only else None
+    if checkpoint:
+        adopt_model_flags(opt, checkpoint)
     trainset, testset = load_datasets(opt)
     run_dir, writer = create_run_dir(opt)
-    if opt.test_only:
-        results = evaluate(opt, test_only(opt, testset, device), testset, writer, 0, run_dir)
+    input_size = tuple(testset.get_img(0).shape[-2:])
+    if checkpoint:
+        model = restore_model(opt, checkpoint, input_size).to(device)
+        results = evaluate(opt, model, testset, writer, 0, run_dir)
     else:
-        input_size = tuple(trainset.get_img(0).shape[-2:])
         vocab = SimpleVocab.from_texts(trainset.get_all_texts()).words
         model = img_text_composition_models.build_model(opt, vocab, input_size)
         results = train(opt, model.to(device), trainset, testset, device, run_dir, writer)

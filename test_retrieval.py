@@ -14,7 +14,8 @@ QUERY_CHUNK = 512  # queries ranked at once: memory is QUERY_CHUNK x gallery sim
 
 
 class QueryImages(torch.utils.data.Dataset):
-    """Test query i -> {'img': (3, H, W), 'text': str}."""
+    """Test query i -> {'img': (3, H, W), 'text': str} and 'mask' (3, H, W) when the
+    testset carries LPVL masks."""
 
     def __init__(self, testset):
         self.testset, self.queries = testset, testset.get_test_queries()
@@ -24,7 +25,8 @@ class QueryImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         query = self.queries[i]
-        return {'img': self.testset.get_img(query['source_img_id']), 'text': query['mod']['str']}
+        text = query['mod']['str']
+        return dict(self.testset.get_source(query['source_img_id'], text), text=text)
 
 
 class GalleryImages(torch.utils.data.Dataset):
@@ -54,7 +56,8 @@ def encode_queries(model, testset, opt):
     """Composed, L2-normalised query features (Nq, d)."""
     feats, device = [], device_of(model)
     for batch in tqdm(loader(QueryImages(testset), opt), desc='queries', leave=False):
-        feats.append(model.compose_img_text(batch['img'].to(device), batch['text']).float())
+        masks = batch['mask'].to(device) if 'mask' in batch else None
+        feats.append(model.compose_img_text(batch['img'].to(device), batch['text'], masks).float())
     return F.normalize(torch.cat(feats), dim=1)
 
 

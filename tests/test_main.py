@@ -74,7 +74,7 @@ def test_checkpoint_and_test_only(tiny_run, css_dir, capsys):
     results, run_dir = tiny_run
     path = os.path.join(run_dir, 'latest_checkpoint.pth')
     checkpoint = torch.load(path, weights_only=True)
-    assert checkpoint['it'] == 60 and checkpoint['opt']['model'] == 'tirg'
+    assert checkpoint['it'] == 60 and checkpoint['opt']['model'] == 'LGLI'
     assert {'model_state_dict', 'optimizer_state_dict', 'vocab'} <= set(checkpoint)
     capsys.readouterr()
     again = driver.main(['--dataset_path', css_dir, '--test_only', 'True', '--model_checkpoint',

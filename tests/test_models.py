@@ -16,7 +16,9 @@ TEXTS = ['add red circle', 'remove circle', '', 'unknown words here']
 
 def make_opt(model, **kw):
     return argparse.Namespace(**{'model': model, 'image_embed_dim': 32, 'loss':
-                                 'batch_based_classification', 'backbone_weights': 'none', **kw})
+                                 'batch_based_classification', 'backbone_weights': 'none',
+                                 'mask_scale': 1e-5, 'text_proj': 'mlp',
+                                 'multi_level_loss': True, **kw})
 
 
 @pytest.mark.parametrize('name', sorted(m.MODELS))
@@ -24,11 +26,11 @@ def make_opt(model, **kw):
 def test_forward_backward(name, loss):
     torch.manual_seed(0)
     model = m.build_model(make_opt(name, loss=loss), VOCAB, (64, 64))
-    imgs, targets = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    imgs, targets, masks = (torch.randn(4, 3, 64, 64) for _ in range(3))
     assert model.extract_img_feature(imgs).shape == (4, 32)
     assert model.extract_text_feature(TEXTS).shape == (4, 32)
-    assert model.compose_img_text(imgs, TEXTS).shape == (4, 32)
-    losses = model(imgs, TEXTS, targets)
+    assert model.compose_img_text(imgs, TEXTS, masks).shape == (4, 32)
+    losses = model(imgs, TEXTS, targets, masks)
     assert losses['total'].ndim == 0 and torch.isfinite(losses['total'])
     losses['total'].backward()
     assert model.img_model.stem[0].weight.grad.abs().sum() > 0  # targets always use the CNN
@@ -36,9 +38,11 @@ def test_forward_backward(name, loss):
     assert (model.text_model.embedding_layer.weight.grad is not None) == uses_text
 
 
-def test_non_square_input():
-    model = m.build_model(make_opt('tirg_lastconv'), VOCAB, (120, 180))
-    assert model.compose_img_text(torch.randn(2, 3, 120, 180), TEXTS[:2]).shape == (2, 32)
+@pytest.mark.parametrize('name', ['tirg_lastconv', 'LGLI'])
+def test_non_square_input(name):
+    model = m.build_model(make_opt(name, text_proj='linear'), VOCAB, (120, 180))
+    imgs = torch.randn(2, 3, 120, 180)
+    assert model.compose_img_text(imgs, TEXTS[:2], imgs).shape == (2, 32)
 
 
 def test_backbone_levels_shapes():

@@ -58,6 +58,9 @@ class FakeTestset:
     def get_test_queries(self):
         return self.queries
 
+    def get_source(self, i, text):
+        return {'img': self.get_img(i)}
+
     def get_img(self, i):
         img = torch.zeros(3, 1, 1)
         img[0, 0, 0] = float(i)
