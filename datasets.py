@@ -24,6 +24,7 @@ from errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+NO_MOD_ID = -1  # mod id of samples from datasets without a list of mods
 
 
 def make_transform(crop_size=None):
@@ -53,6 +54,12 @@ class BaseDataset(torch.utils.data.Dataset):
         self.rank = 0
         self.transform = None
         self.mask_source = None  # an lpvl.MASK_SOURCES entry: samples then carry masks
+
+    @classmethod
+    def from_args(cls, opt, split, transform):
+        """The dataset split as configured by main.py's flags."""
+        return cls(opt.dataset_path, split=split, transform=transform,
+                   use_complete_text_query=opt.use_complete_text_query)
 
     def get_test_queries(self):
         return self.test_queries
@@ -134,6 +141,14 @@ class CSSDataset(BaseDataset):
              'target_caption': self.imgs[t]['captions'][0], 'mod': {'str': mod['to_str']}}
             for mod in self.mods for s, t in zip(mod['from'], mod['to'])]
 
+    @classmethod
+    def from_args(cls, opt, split, transform):
+        if opt.use_complete_text_query:
+            raise UsageError('--use_complete_text_query needs target descriptions; css3d has '
+                             'none (its captions are scene labels)')
+        return cls(opt.dataset_path, split=split, transform=transform,
+                   render='2d' if opt.css_render == '2d' else None)
+
     def get_all_texts(self):
         return [mod['to_str'] for mod in self.mods]
 
@@ -197,6 +212,230 @@ def load_css_split(path, split):
     return data[split]
 
 
+def different_words(source_caption, target_caption):
+    """TIRG's modification text: 'replace <a> with <b>', a = first source word missing from
+    the target, b = first target word missing from the source."""
+    source_words, target_words = source_caption.split() or [''], target_caption.split() or ['']
+    a = next((w for w in source_words if w not in target_words), source_words[-1])
+    b = next((w for w in target_words if w not in source_words), target_words[-1])
+    return f'replace {a} with {b}'
+
+
+def fashion_caption(raw):
+    """Caption post-processing of Fashion200k labels (as in TIRG)."""
+    return (raw.strip().replace('.', 'dotmark').replace('?', 'questionmark')
+            .replace('&', 'andmark').replace('*', 'starmark'))
+
+
+def parent_caption(caption, word):
+    """The caption with every occurrence of the substring `word` removed, then one pass of
+    double spaces to single and stripped (TIRG's exact rule)."""
+    return caption.replace(word, '').replace('  ', ' ').strip()
+
+
+class Fashion200k(BaseDataset):
+    """Fashion200k (Han et al. 2017) with TIRG's queries: a source and a target whose
+    captions share a parent (one word apart); the text is 'replace a with b'."""
+
+    crop_size = 224
+
+    def __init__(self, path, split='train', transform=None, use_complete_text_query=False):
+        super().__init__()
+        self.path, self.split, self.transform = path, split, transform
+        self.use_complete_text_query = use_complete_text_query
+        self.imgs = read_fashion_labels(path, split)
+        self.caption_index_init_()
+        if split != 'train':
+            self.test_queries = self.read_test_queries()
+
+    def caption_index_init_(self):
+        """caption -> image ids, parent -> child captions, modifiable images (linear time)."""
+        self.caption2imgids = {}
+        for i, img in enumerate(self.imgs):
+            self.caption2imgids.setdefault(img['captions'][0], []).append(i)
+        children = {}
+        for caption in self.caption2imgids:
+            for word in caption.split():
+                children.setdefault(parent_caption(caption, word), {})[caption] = None
+        self.parent2children_captions = {p: list(c) for p, c in children.items()}
+        for img in self.imgs:
+            img['modifiable'], img['parent_captions'] = False, []
+        for parent, captions in self.parent2children_captions.items():
+            if len(captions) >= 2:
+                for caption in captions:
+                    for i in self.caption2imgids[caption]:
+                        self.imgs[i]['modifiable'] = True
+                        self.imgs[i]['parent_captions'].append(parent)
+        self.modifiable_ids = [i for i, img in enumerate(self.imgs) if img['modifiable']]
+
+    def read_test_queries(self):
+        path = os.path.join(self.path, 'test_queries.txt')
+        if not os.path.isfile(path):
+            raise UsageError(f'Fashion200k test queries not found: {path} (TIRG\'s '
+                             'test_queries.txt, see README)')
+        file2imgid = {img['file_path']: i for i, img in enumerate(self.imgs)}
+        queries = []
+        with open(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    source, target = (file2imgid[p] for p in line.split())
+                except (KeyError, ValueError):
+                    raise UsageError(f'{path}:{line_no}: expected two image paths of the '
+                                     f'{self.split} label files, got {line.strip()!r}') from None
+                queries.append(self.query(source, target))
+        return queries
+
+    def query(self, source, target):
+        source_caption = self.imgs[source]['captions'][0]
+        target_caption = self.imgs[target]['captions'][0]
+        text = target_caption if self.use_complete_text_query else \
+            different_words(source_caption, target_caption)
+        return {'source_img_id': source, 'target_img_id': target,
+                'source_caption': source_caption, 'target_caption': target_caption,
+                'mod': {'str': text}}
+
+    def get_all_texts(self):
+        return [img['captions'][0] for img in self.imgs]
+
+    def generate_training_query(self, idx):
+        """A modifiable source (idx itself, else drawn until modifiable), a random parent of
+        it, a sibling caption other than its own, a random image of that caption."""
+        if not self.modifiable_ids:
+            raise UsageError(f'no modifiable image in the {self.split} split of {self.path}')
+        rng = self.sample_rng(idx)
+        source = idx % len(self.imgs)
+        if not self.imgs[source]['modifiable']:
+            source = self.modifiable_ids[int(rng.integers(len(self.modifiable_ids)))]
+        img = self.imgs[source]
+        while True:
+            parent = img['parent_captions'][int(rng.integers(len(img['parent_captions'])))]
+            siblings = self.parent2children_captions[parent]
+            caption = siblings[int(rng.integers(len(siblings)))]
+            if caption != img['captions'][0]:
+                break
+        targets = self.caption2imgids[caption]
+        target = targets[int(rng.integers(len(targets)))]
+        return source, NO_MOD_ID, target, self.query(source, target)['mod']['str']
+
+    def get_img(self, idx, raw_img=False):
+        img = read_rgb(os.path.join(self.path, self.imgs[idx]['file_path']))
+        return img if raw_img else self.apply_transform(img)
+
+
+def read_fashion_labels(path, split):
+    """Images of a split from <path>/labels/*<split>*.txt (path, detection score, caption)."""
+    label_dir = os.path.join(path, 'labels')
+    if not os.path.isdir(label_dir):
+        raise UsageError(f'Fashion200k label folder not found: {label_dir}')
+    files = sorted(f for f in os.listdir(label_dir) if split in f and f.endswith('.txt'))
+    if not files:
+        raise UsageError(f'no label file with {split!r} in its name in {label_dir}')
+    imgs = []
+    for name in files:
+        with open(os.path.join(label_dir, name), encoding='utf-8') as f:
+            for line_no, line in enumerate(f, 1):
+                fields = line.rstrip('\n').split('\t')
+                if len(fields) < 3:
+                    raise UsageError(f'{os.path.join(label_dir, name)}:{line_no}: expected '
+                                     '<image path>\\t<score>\\t<caption>')
+                imgs.append({'file_path': fields[0], 'detection_score': fields[1],
+                             'captions': [fashion_caption(fields[2])], 'split': split})
+    return imgs
+
+
+MIT_STATES_TEST_NOUNS = frozenset(
+    'armor bracelet bush camera candy castle ceramic cheese clock clothes coffee fan fig fish '
+    'foam forest fruit furniture garden gate glass horse island laptop lead lightning mirror '
+    'orange paint persimmon plastic plate potato road rubber sand shell sky smoke steel '
+    'stream table tea tomato vacuum wax wheel window wool'.split())
+
+
+class MITStates(BaseDataset):
+    """MIT-States (Isola et al. 2015) with TIRG's queries: change the adjective of a noun;
+    the text is the target adjective."""
+
+    crop_size = 224
+    caption_parts = {'adj': 0, 'noun': 1}  # extra recalls on one word of the caption
+
+    def __init__(self, path, split='train', transform=None, use_complete_text_query=False):
+        super().__init__()
+        self.path, self.split, self.transform = path, split, transform
+        self.use_complete_text_query = use_complete_text_query
+        self.imgs = read_mit_states_images(path, split)
+        self.caption2imgids, self.noun2adjs = {}, {}
+        for i, img in enumerate(self.imgs):
+            self.caption2imgids.setdefault(img['captions'][0], []).append(i)
+            self.noun2adjs.setdefault(img['noun'], {})[img['adj']] = None
+        self.noun2adjs = {n: list(a) for n, a in self.noun2adjs.items()}
+        single = sorted(n for n, adjs in self.noun2adjs.items() if len(adjs) < 2)
+        if single:
+            raise UsageError(f'MIT-States {split}: nouns with a single adjective: '
+                             f'{", ".join(single[:5])} (every noun needs two)')
+        if split != 'train':
+            self.test_queries = [self.query(i, f'{adj} {img["noun"]}')
+                                 for i, img in enumerate(self.imgs)
+                                 for adj in self.noun2adjs[img['noun']] if adj != img['adj']]
+
+    def query(self, source, target_caption):
+        img = self.imgs[source]
+        text = target_caption if self.use_complete_text_query else target_caption.split()[0]
+        return {'source_img_id': source, 'source_caption': img['captions'][0],
+                'target_caption': target_caption, 'mod': {'str': text}}
+
+    def get_all_texts(self):
+        return [img['captions'][0] for img in self.imgs]
+
+    def random_target(self, source, rng):
+        """A random image of the source's noun with a random adjective of that noun."""
+        noun = self.imgs[source]['noun']
+        adjs = self.noun2adjs[noun]
+        candidates = self.caption2imgids[f'{adjs[int(rng.integers(len(adjs)))]} {noun}']
+        return candidates[int(rng.integers(len(candidates)))]
+
+    def generate_training_query(self, idx):
+        """Samples 2k and 2k+1 share a random source; their targets have different
+        adjectives."""
+        rng = self.sample_rng(idx // 2)
+        source = int(rng.integers(len(self.imgs)))
+        while True:
+            first, second = self.random_target(source, rng), self.random_target(source, rng)
+            if self.imgs[first]['adj'] != self.imgs[second]['adj']:
+                break
+        target = second if idx % 2 else first
+        text = self.query(source, self.imgs[target]['captions'][0])['mod']['str']
+        return source, NO_MOD_ID, target, text
+
+    def get_img(self, idx, raw_img=False):
+        img = read_rgb(self.imgs[idx]['file_path'])
+        return img if raw_img else self.apply_transform(img)
+
+
+def read_mit_states_images(path, split):
+    """Images of <path>/images/<adj noun>/*.jpg for a split (test: the 49 test nouns);
+    folders without a space or whose adjective is 'adj' are skipped."""
+    image_dir = os.path.join(path, 'images')
+    if not os.path.isdir(image_dir):
+        raise UsageError(f'MIT-States image folder not found: {image_dir}')
+    imgs = []
+    for folder in sorted(os.listdir(image_dir)):
+        if ' ' not in folder:
+            continue
+        adj, noun = folder.split(' ', 1)
+        if adj == 'adj' or (noun in MIT_STATES_TEST_NOUNS) != (split == 'test'):
+            continue
+        for name in sorted(os.listdir(os.path.join(image_dir, folder))):
+            if name.lower().endswith(('.jpg', '.jpeg')):
+                imgs.append({'file_path': os.path.join(image_dir, folder, name),
+                             'captions': [folder], 'adj': adj, 'noun': noun})
+    if not imgs:
+        raise UsageError(f'no MIT-States {split} images under {image_dir}')
+    return imgs
+
+
 DATASETS = {
     'css3d': CSSDataset,
+    'fashion200k': Fashion200k,
+    'mitstates': MITStates,
 }

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import sys
+import time
 
 import numpy as np
 import torch
@@ -80,6 +81,8 @@ def parse_args(argv=None):
     p.add_argument('--num_iters', type=int, default=600)
     p.add_argument('--eval_every', type=int, default=5000, help='evaluate every N iterations')
     p.add_argument('--eval_batch_size', type=int, default=128)
+    p.add_argument('--eval_split', default='test',
+                   help='split to evaluate on (a "val" split is for model selection)')
     p.add_argument('--loader_num_workers', type=int, default=2)
     p.add_argument('--css_render', default='png', choices=['png', '2d'],
                    help='css3d images: read the PNGs, or draw 2-D scenes from the annotations')
@@ -150,15 +153,14 @@ def load_datasets(opt):
     """(trainset, testset) for opt.dataset with its default transform."""
     ensure_quickstart_data(opt)
     cls = datasets.DATASETS[opt.dataset]
-    kwargs = {'render': '2d' if opt.css_render == '2d' else None} if opt.dataset == 'css3d' else {}
     transform = datasets.make_transform(cls.crop_size)
-    trainset = cls(opt.dataset_path, split='train', transform=transform, **kwargs)
-    testset = cls(opt.dataset_path, split='test', transform=transform, **kwargs)
+    trainset = cls.from_args(opt, 'train', transform)
+    testset = cls.from_args(opt, opt.eval_split, transform)
     trainset.seed = opt.seed
     if img_text_composition_models.MODELS[opt.model].uses_mask:
         trainset.mask_source = testset.mask_source = opt.mask_source
-    print(f'{opt.dataset}: {len(trainset.imgs)} training images, {len(testset.imgs)} test '
-          f'images, {len(testset.get_test_queries())} test queries, chance level '
+    print(f'{opt.dataset}: {len(trainset.imgs)} training images, {len(testset.imgs)} '
+          f'{opt.eval_split} images, {len(testset.get_test_queries())} queries, chance level '
           f'recall_top1 {test_retrieval.chance_recall_at_1(testset):.4f}')
     return trainset, testset
 
@@ -210,15 +212,15 @@ def load_checkpoint(path):
         raise UsageError(f'cannot load checkpoint {path}: {str(e).splitlines()[0]}') from None
 
 
-def evaluate(opt, model, testset, writer, it, run_dir, train_loss=None):
-    """Recall@K on the test split: printed one metric per line, logged to TensorBoard and
-    appended to <run_dir>/results.jsonl with the mean training loss since the last one."""
+def evaluate(opt, model, testset, writer, it, run_dir, **record):
+    """Recall@K on the evaluation split: printed one metric per line, logged to TensorBoard
+    and appended to <run_dir>/results.jsonl with `record` (training loss, time, ...)."""
     results = test_retrieval.test(opt, model, testset)
     for name, value in results:
-        print(f'test {name} {value:.4f}')
-        writer.add_scalar(f'test/{name}', value, it)
+        print(f'{opt.eval_split} {name} {value:.4f}')
+        writer.add_scalar(f'{opt.eval_split}/{name}', value, it)
     with open(os.path.join(run_dir, 'results.jsonl'), 'a') as f:
-        f.write(json.dumps({'it': it, 'train_loss': train_loss, **dict(results)}) + '\n')
+        f.write(json.dumps({'it': it, 'split': opt.eval_split, **record, **dict(results)}) + '\n')
     return results
 
 
@@ -250,8 +252,11 @@ def train(opt, model, trainset, testset, device, run_dir, writer):
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opt.learning_rate_decay_frequency, 0.1)
     checkpoint_path = os.path.join(run_dir, 'latest_checkpoint.pth')
     data = batches(trainset, opt, 0, device)
-    results, loss_sum, loss_count = [], 0.0, 0
+    num_parameters = sum(p.numel() for p in model.parameters())
+    print(f'model {opt.model}: {num_parameters / 1e6:.1f}M parameters')
+    results, loss_sum, loss_count, train_seconds = [], 0.0, 0, 0.0
     model.train()
+    started = time.perf_counter()
     for it in tqdm(range(1, opt.num_iters + 1), desc='train', dynamic_ncols=True):
         losses = train_step(model, next(data), optimizer, device, it)
         writer.add_scalar('train/learning_rate', optimizer.param_groups[0]['lr'], it)
@@ -260,10 +265,13 @@ def train(opt, model, trainset, testset, device, run_dir, writer):
             writer.add_scalar(f'train/loss_{name}', value, it)
         loss_sum, loss_count = loss_sum + losses['total'], loss_count + 1
         if it % opt.eval_every == 0 or it == opt.num_iters:
+            train_seconds += time.perf_counter() - started
             tqdm.write(f'iteration {it}: mean loss {loss_sum / loss_count:.4f}')
-            results = evaluate(opt, model, testset, writer, it, run_dir, loss_sum / loss_count)
+            results = evaluate(opt, model, testset, writer, it, run_dir,
+                               train_loss=loss_sum / loss_count, train_seconds=train_seconds,
+                               parameters=num_parameters)
             save_checkpoint(checkpoint_path, model, optimizer, scheduler, it, opt)
-            loss_sum, loss_count = 0.0, 0
+            loss_sum, loss_count, started = 0.0, 0, time.perf_counter()
     print(f'Checkpoint saved to {checkpoint_path}')
     return results
 

@@ -112,10 +112,18 @@ def test(opt, model, testset):
     model.train(was_training)
     exclude = torch.tensor([q['source_img_id'] for q in queries])
     topk_ids = rank_gallery(query_feats, gallery_feats, exclude, max(RECALL_KS))
-    gallery_labels, target_labels = caption_codes(
-        [img['captions'][0] for img in testset.imgs], [q['target_caption'] for q in queries])
-    recalls = recall_at_k(topk_ids, gallery_labels, target_labels)
-    return [(f'recall_top{k}_correct_composition', r) for k, r in recalls.items()]
+    gallery_captions = [img['captions'][0] for img in testset.imgs]
+    target_captions = [q['target_caption'] for q in queries]
+    # the whole caption, then (MIT-States) single words of it: the adjective, the noun
+    views = {'composition': lambda c: c}
+    views.update({name: (lambda c, i=i: c.split()[i])
+                  for name, i in getattr(testset, 'caption_parts', {}).items()})
+    results = []
+    for name, view in views.items():
+        recalls = recall_at_k(topk_ids, *caption_codes(list(map(view, gallery_captions)),
+                                                       list(map(view, target_captions))))
+        results += [(f'recall_top{k}_correct_{name}', r) for k, r in recalls.items()]
+    return results
 
 
 def chance_recall_at_1(testset):
