@@ -12,11 +12,13 @@ continues the exact sample stream. A sample is a dict:
     source_img_mask (3, H, W), the LPVL mask, when `mask_source` is set
 """
 import os
+import sys
 
 import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
+from tqdm import tqdm
 
 import css_generator
 import lpvl
@@ -42,6 +44,28 @@ def read_rgb(path):
         raise UsageError(f'cannot read image {path}: {e}') from None
 
 
+def decodes(path):
+    """True when the image file decodes (JPEGs at reduced scale, which still reads all data)."""
+    try:
+        with Image.open(path) as img:
+            img.draft('RGB', (64, 64))
+            img.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def drop_unreadable(imgs, path_of, split):
+    """`imgs` without the entries whose file does not decode; reports how many it dropped."""
+    readable = [decodes(path_of(img)) for img in tqdm(imgs, desc=f'checking {split} images')]
+    keep = [img for img, ok in zip(imgs, readable) if ok]
+    bad = [path_of(img) for img, ok in zip(imgs, readable) if not ok]
+    if bad:
+        print(f'--skip_bad_images: skipped {len(bad)} unreadable {split} image(s), e.g. '
+              f'{bad[0]}', file=sys.stderr)
+    return keep
+
+
 class BaseDataset(torch.utils.data.Dataset):
     """Shared machinery: index-seeded sampling, test queries, loaders."""
 
@@ -59,7 +83,8 @@ class BaseDataset(torch.utils.data.Dataset):
     def from_args(cls, opt, split, transform):
         """The dataset split as configured by main.py's flags."""
         return cls(opt.dataset_path, split=split, transform=transform,
-                   use_complete_text_query=opt.use_complete_text_query)
+                   use_complete_text_query=opt.use_complete_text_query,
+                   skip_bad_images=opt.skip_bad_images)
 
     def get_test_queries(self):
         return self.test_queries
@@ -146,6 +171,9 @@ class CSSDataset(BaseDataset):
         if opt.use_complete_text_query:
             raise UsageError('--use_complete_text_query needs target descriptions; css3d has '
                              'none (its captions are scene labels)')
+        if opt.skip_bad_images:
+            raise UsageError('--skip_bad_images is for fashion200k and mitstates; CSS mods '
+                             'refer to images by position, so every CSS image must be readable')
         return cls(opt.dataset_path, split=split, transform=transform,
                    render='2d' if opt.css_render == '2d' else None)
 
@@ -239,11 +267,16 @@ class Fashion200k(BaseDataset):
 
     crop_size = 224
 
-    def __init__(self, path, split='train', transform=None, use_complete_text_query=False):
+    def __init__(self, path, split='train', transform=None, use_complete_text_query=False,
+                 skip_bad_images=False):
         super().__init__()
         self.path, self.split, self.transform = path, split, transform
         self.use_complete_text_query = use_complete_text_query
         self.imgs = read_fashion_labels(path, split)
+        if skip_bad_images:
+            self.imgs = drop_unreadable(self.imgs, lambda img: os.path.join(path, img['file_path']),
+                                        split)
+        self.skip_bad_images = skip_bad_images
         self.caption_index_init_()
         if split != 'train':
             self.test_queries = self.read_test_queries()
@@ -274,7 +307,7 @@ class Fashion200k(BaseDataset):
             raise UsageError(f'Fashion200k test queries not found: {path} (TIRG\'s '
                              'test_queries.txt, see README)')
         file2imgid = {img['file_path']: i for i, img in enumerate(self.imgs)}
-        queries = []
+        queries, skipped = [], 0
         with open(path) as f:
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
@@ -282,9 +315,15 @@ class Fashion200k(BaseDataset):
                 try:
                     source, target = (file2imgid[p] for p in line.split())
                 except (KeyError, ValueError):
+                    if self.skip_bad_images:  # the line names an image that was dropped
+                        skipped += 1
+                        continue
                     raise UsageError(f'{path}:{line_no}: expected two image paths of the '
                                      f'{self.split} label files, got {line.strip()!r}') from None
                 queries.append(self.query(source, target))
+        if skipped:
+            print(f'--skip_bad_images: skipped {skipped} test queries on unreadable images',
+                  file=sys.stderr)
         return queries
 
     def query(self, source, target):
@@ -359,11 +398,14 @@ class MITStates(BaseDataset):
     crop_size = 224
     caption_parts = {'adj': 0, 'noun': 1}  # extra recalls on one word of the caption
 
-    def __init__(self, path, split='train', transform=None, use_complete_text_query=False):
+    def __init__(self, path, split='train', transform=None, use_complete_text_query=False,
+                 skip_bad_images=False):
         super().__init__()
         self.path, self.split, self.transform = path, split, transform
         self.use_complete_text_query = use_complete_text_query
         self.imgs = read_mit_states_images(path, split)
+        if skip_bad_images:
+            self.imgs = drop_unreadable(self.imgs, lambda img: img['file_path'], split)
         self.caption2imgids, self.noun2adjs = {}, {}
         for i, img in enumerate(self.imgs):
             self.caption2imgids.setdefault(img['captions'][0], []).append(i)

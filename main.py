@@ -10,7 +10,9 @@ import datetime
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+import checkpoints
 import css_generator
 import datasets
 import img_text_composition_models
@@ -29,9 +32,9 @@ from text_model import SimpleVocab
 
 DEFAULT_CSS_PATH = os.path.join('data', 'css_generated')
 PRETRAINED_LR_FACTOR = 0.1  # pretrained backbone layers train at 0.1 x the learning rate
-# flags that define the network: --test_only takes them from the checkpoint
-MODEL_FLAGS = ('model', 'image_embed_dim', 'loss', 'mask_scale', 'text_proj', 'multi_level_loss',
-               'mask_source')
+MIN_IMAGE_SIDE = 32  # smaller inputs leave ResNet-18's last level without spatial extent
+SHAPE_FLAGS = ('model', 'image_embed_dim', 'text_proj')  # fix the tensors of a checkpoint
+MODE_FLAGS = ('resume', 'test_only', 'model_checkpoint')  # never taken from a checkpoint
 
 
 def str2bool(value):
@@ -50,7 +53,7 @@ def add_bool(parser, name, default, help):
     parser.add_argument(name, type=str2bool, nargs='?', const=True, default=default, help=help)
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--dataset', default='css3d', choices=sorted(datasets.DATASETS))
     p.add_argument('--dataset_path', default=None,
@@ -88,14 +91,31 @@ def parse_args(argv=None):
                    help='css3d images: read the PNGs, or draw 2-D scenes from the annotations')
     add_bool(p, '--use_complete_text_query', False,
              'the text is the whole target description instead of the modification')
+    add_bool(p, '--skip_bad_images', False,
+             'fashion200k/mitstates: check every image once and leave out those that do not '
+             'decode (default: an unreadable image is an error naming the file)')
     add_bool(p, '--test_only', False, 'evaluate --model_checkpoint and exit')
     p.add_argument('--model_checkpoint', default='', help='checkpoint for --test_only')
     p.add_argument('--comment', default='', help='suffix of the run directory name')
     p.add_argument('--log_dir', default='runs', help='run directories are created in here')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:N')
-    opt = p.parse_args(argv)
-    return resolve_defaults(opt)
+    p.add_argument('--resume', default='', help='continue training exactly from a checkpoint')
+    add_bool(p, '--skip_nonfinite', False,
+             'step over batches whose loss is not finite (default: stop with an error)')
+    return p
+
+
+def parse_args(argv=None):
+    return resolve_defaults(build_parser().parse_args(argv))
+
+
+def explicit_flags(argv):
+    """The flags actually written in argv, as {dest: value} (defaults left out)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
 
 
 def resolve_defaults(opt):
@@ -122,6 +142,8 @@ def resolve_defaults(opt):
                          f'(it contrasts the samples of a batch), got {opt.batch_size}')
     if opt.test_only and not opt.model_checkpoint:
         raise UsageError('--test_only needs --model_checkpoint PATH')
+    if opt.test_only and opt.resume:
+        raise UsageError('--resume and --test_only exclude each other')
     return opt
 
 
@@ -192,26 +214,6 @@ def build_optimizer(opt, model):
                            weight_decay=opt.weight_decay)
 
 
-def save_checkpoint(path, model, optimizer, scheduler, it, opt):
-    """Atomically write a checkpoint (temporary file, then os.replace)."""
-    state = {'it': it, 'opt': vars(opt), 'model_state_dict': model.state_dict(),
-             'optimizer_state_dict': optimizer.state_dict(),
-             'scheduler_state_dict': scheduler.state_dict(),
-             'vocab': list(model.text_model.vocab.words),
-             'torch_rng_state': torch.get_rng_state()}
-    torch.save(state, path + '.tmp')
-    os.replace(path + '.tmp', path)
-
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise UsageError(f'checkpoint not found: {path}')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # corrupt or foreign files are a user error, named in one line
-        raise UsageError(f'cannot load checkpoint {path}: {str(e).splitlines()[0]}') from None
-
-
 def evaluate(opt, model, testset, writer, it, run_dir, **record):
     """Recall@K on the evaluation split: printed one metric per line, logged to TensorBoard
     and appended to <run_dir>/results.jsonl with `record` (training loss, time, ...)."""
@@ -232,12 +234,15 @@ def batches(trainset, opt, start_it, device):
                                     pin_memory=device.type == 'cuda'))
 
 
-def train_step(model, batch, optimizer, device, it):
-    """One SGD step on a batch of training samples; returns the loss terms as floats."""
+def train_step(model, batch, optimizer, device, it, skip_nonfinite=False):
+    """One SGD step on a batch of training samples; returns the loss terms as floats, or
+    None when the loss is not finite and skip_nonfinite is set (no update is made)."""
     to_device = lambda key: batch[key].to(device, non_blocking=True) if key in batch else None
     losses = model(to_device('source_img_data'), batch['mod']['str'],
                    to_device('target_img_data'), to_device('source_img_mask'))
     if not torch.isfinite(losses['total']):
+        if skip_nonfinite:
+            return None
         raise FloatingPointError(f'non-finite loss {losses["total"].item()} at iteration {it}')
     optimizer.zero_grad(set_to_none=True)
     losses['total'].backward()
@@ -245,74 +250,160 @@ def train_step(model, batch, optimizer, device, it):
     return {name: value.item() for name, value in losses.items()}
 
 
-def train(opt, model, trainset, testset, device, run_dir, writer):
-    """The training loop: SGD steps, step-decay schedule, periodic evaluation and checkpoints.
-    Returns the final evaluation."""
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag that the training loop checks after each step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.signal_name, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self.request) for s in self.SIGNALS}
+        return self
+
+    def request(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def checkpoint_state(opt, model, optimizer, scheduler, it, progress):
+    """Everything an exact resume needs, as tensors and plain data."""
+    return {'it': it, 'opt': vars(opt), 'model_state_dict': model.state_dict(),
+            'optimizer_state_dict': optimizer.state_dict(),
+            'scheduler_state_dict': scheduler.state_dict(),
+            'vocab': list(model.text_model.vocab.words), 'rng': checkpoints.rng_states(),
+            **progress}
+
+
+def train(opt, model, trainset, testset, device, run_dir, writer, checkpoint=None):
+    """The training loop: SGD steps, step-decay schedule, periodic evaluation and checkpoints;
+    continues `checkpoint` exactly when given. Returns the last evaluation."""
     optimizer = build_optimizer(opt, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opt.learning_rate_decay_frequency, 0.1)
-    checkpoint_path = os.path.join(run_dir, 'latest_checkpoint.pth')
-    data = batches(trainset, opt, 0, device)
+    start_it = checkpoint['it'] if checkpoint else 0
+    data = batches(trainset, opt, start_it, device)
+    progress = {'best_recall': -1.0, 'skipped_nonfinite': 0, 'train_seconds': 0.0}
+    if checkpoint:
+        optimizer.load_state_dict(checkpoint['optimizer_state_dict'])
+        scheduler.load_state_dict(checkpoint['scheduler_state_dict'])
+        progress.update({k: checkpoint[k] for k in progress if k in checkpoint})
+        checkpoints.set_rng_states(checkpoint['rng'])  # after the loader drew its seed
+    latest = os.path.join(run_dir, 'latest_checkpoint.pth')
     num_parameters = sum(p.numel() for p in model.parameters())
     print(f'model {opt.model}: {num_parameters / 1e6:.1f}M parameters')
-    results, loss_sum, loss_count, train_seconds = [], 0.0, 0, 0.0
+    results, loss_sum, loss_count = [], 0.0, 0
     model.train()
     started = time.perf_counter()
-    for it in tqdm(range(1, opt.num_iters + 1), desc='train', dynamic_ncols=True):
-        losses = train_step(model, next(data), optimizer, device, it)
-        writer.add_scalar('train/learning_rate', optimizer.param_groups[0]['lr'], it)
-        scheduler.step()
-        for name, value in losses.items():
-            writer.add_scalar(f'train/loss_{name}', value, it)
-        loss_sum, loss_count = loss_sum + losses['total'], loss_count + 1
-        if it % opt.eval_every == 0 or it == opt.num_iters:
-            train_seconds += time.perf_counter() - started
-            tqdm.write(f'iteration {it}: mean loss {loss_sum / loss_count:.4f}')
-            results = evaluate(opt, model, testset, writer, it, run_dir,
-                               train_loss=loss_sum / loss_count, train_seconds=train_seconds,
-                               parameters=num_parameters)
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, it, opt)
-            loss_sum, loss_count, started = 0.0, 0, time.perf_counter()
-    print(f'Checkpoint saved to {checkpoint_path}')
+    with StopRequest() as stop:
+        for it in tqdm(range(start_it + 1, opt.num_iters + 1), desc='train', initial=start_it,
+                       total=opt.num_iters, dynamic_ncols=True):
+            try:
+                losses = train_step(model, next(data), optimizer, device, it, opt.skip_nonfinite)
+            except FloatingPointError as e:
+                raise FloatingPointError(f'{e}; training stopped, the last good checkpoint is '
+                                         f'{latest if os.path.isfile(latest) else "none yet"} '
+                                         '(--skip_nonfinite steps over such batches)') from None
+            if losses is None:
+                progress['skipped_nonfinite'] += 1
+                writer.add_scalar('train/skipped_nonfinite', progress['skipped_nonfinite'], it)
+            else:
+                for name, value in losses.items():
+                    writer.add_scalar(f'train/loss_{name}', value, it)
+                loss_sum, loss_count = loss_sum + losses['total'], loss_count + 1
+            writer.add_scalar('train/learning_rate', optimizer.param_groups[0]['lr'], it)
+            scheduler.step()
+            evaluate_now = it % opt.eval_every == 0 or it == opt.num_iters
+            if evaluate_now or stop.signal_name:
+                progress['train_seconds'] += time.perf_counter() - started
+            if evaluate_now:
+                mean_loss = loss_sum / max(loss_count, 1)
+                tqdm.write(f'iteration {it}: mean loss {mean_loss:.4f}, skipped non-finite '
+                           f'batches {progress["skipped_nonfinite"]}')
+                results = evaluate(opt, model, testset, writer, it, run_dir, train_loss=mean_loss,
+                                   train_seconds=progress['train_seconds'],
+                                   parameters=num_parameters)
+                recall_at_1 = dict(results)['recall_top1_correct_composition']
+                improved = recall_at_1 > progress['best_recall']
+                progress['best_recall'] = max(recall_at_1, progress['best_recall'])
+                checkpoints.save(latest, checkpoint_state(opt, model, optimizer, scheduler, it,
+                                                          progress))
+                if improved:
+                    checkpoints.copy(latest, os.path.join(run_dir, 'best_checkpoint.pth'))
+                loss_sum, loss_count = 0.0, 0
+            if stop.signal_name:
+                if not evaluate_now:
+                    checkpoints.save(latest, checkpoint_state(opt, model, optimizer, scheduler,
+                                                              it, progress))
+                print(f'{stop.signal_name}: stopped after iteration {it}; checkpoint saved to '
+                      f'{latest} (continue with --resume {latest})')
+                return results
+            if evaluate_now:
+                started = time.perf_counter()
+    print(f'Checkpoint saved to {latest}')
     return results
 
 
-def adopt_model_flags(opt, checkpoint):
-    """Take the flags that define the network from a checkpoint (for --test_only)."""
-    for name in MODEL_FLAGS:
-        if name in checkpoint['opt']:
-            setattr(opt, name, checkpoint['opt'][name])
+def flags_with_checkpoint(opt, argv, checkpoint, path):
+    """For --resume and --test_only: the checkpoint's flags, overridden by the flags given
+    on this command line; a given flag that changes the network's shape must agree."""
+    given = explicit_flags(argv)
+    saved = checkpoint['opt']
+    for name in SHAPE_FLAGS:
+        if name in given and name in saved and given[name] != saved[name]:
+            raise UsageError(f'--{name} {given[name]} does not match checkpoint {path}, which '
+                             f'was trained with --{name} {saved[name]}')
+    merged = {**vars(opt), **saved, **given}
+    merged.update({name: getattr(opt, name) for name in MODE_FLAGS})
+    return resolve_defaults(argparse.Namespace(**merged))
 
 
-def restore_model(opt, checkpoint, input_size):
-    """The checkpoint's model, rebuilt with its own vocabulary and flags."""
-    model_opt = argparse.Namespace(**dict(vars(opt), backbone_weights='none'))
-    model = img_text_composition_models.build_model(model_opt, checkpoint['vocab'], input_size)
-    try:
-        model.load_state_dict(checkpoint['model_state_dict'])
-    except RuntimeError as e:
-        raise UsageError(f'checkpoint {opt.model_checkpoint} does not fit --model={opt.model}: '
-                         f'{str(e).splitlines()[1].strip()}') from None
-    return model
+def start_run(opt, checkpoint):
+    """Run directory and TensorBoard writer: a new one, or the checkpoint's for --resume
+    (records after the checkpoint's iteration are dropped, as they will be redone)."""
+    if not opt.resume:
+        return create_run_dir(opt)
+    run_dir = os.path.dirname(os.path.abspath(opt.resume))
+    results_path = os.path.join(run_dir, 'results.jsonl')
+    if os.path.isfile(results_path):
+        with open(results_path) as f:
+            kept = [line for line in f if json.loads(line)['it'] <= checkpoint['it']]
+        with open(results_path, 'w') as f:
+            f.writelines(kept)
+    print(f'Resuming {opt.resume} at iteration {checkpoint["it"]}; log files in {run_dir}')
+    return run_dir, SummaryWriter(run_dir, purge_step=checkpoint['it'] + 1)
 
 
 def main(argv=None):
     """Parse flags, train (or evaluate a checkpoint) and return the final [(name, recall)]."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     opt = parse_args(argv)
+    checkpoint_path = opt.resume or (opt.model_checkpoint if opt.test_only else None)
+    checkpoint = checkpoints.load(checkpoint_path) if checkpoint_path else None
+    if checkpoint:
+        opt = flags_with_checkpoint(opt, argv, checkpoint, checkpoint_path)
     device = resolve_device(opt.device)
     seed_everything(opt.seed)
-    checkpoint = load_checkpoint(opt.model_checkpoint) if opt.test_only else None
-    if checkpoint:
-        adopt_model_flags(opt, checkpoint)
     trainset, testset = load_datasets(opt)
-    run_dir, writer = create_run_dir(opt)
     input_size = tuple(testset.get_img(0).shape[-2:])
+    if min(input_size) < MIN_IMAGE_SIDE:
+        raise UsageError(f'images are {input_size[0]}x{input_size[1]} after the transform; the '
+                         f'ResNet-18 backbone needs at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}')
+    run_dir, writer = start_run(opt, checkpoint)
+    vocab = checkpoint['vocab'] if checkpoint else \
+        SimpleVocab.from_texts(trainset.get_all_texts()).words
+    model = img_text_composition_models.build_model(
+        argparse.Namespace(**dict(vars(opt), backbone_weights='none')) if checkpoint else opt,
+        vocab, input_size)
     if checkpoint:
-        model = restore_model(opt, checkpoint, input_size).to(device)
-        results = evaluate(opt, model, testset, writer, 0, run_dir)
+        checkpoints.check_model_state(model, checkpoint['model_state_dict'], checkpoint_path)
+    model.to(device)
+    if opt.test_only:
+        results = evaluate(opt, model, testset, writer, checkpoint['it'], run_dir)
     else:
-        vocab = SimpleVocab.from_texts(trainset.get_all_texts()).words
-        model = img_text_composition_models.build_model(opt, vocab, input_size)
-        results = train(opt, model.to(device), trainset, testset, device, run_dir, writer)
+        results = train(opt, model, trainset, testset, device, run_dir, writer, checkpoint)
     writer.close()
     return results
 
@@ -320,9 +411,9 @@ def main(argv=None):
 def cli():
     try:
         main()
-    except UsageError as e:
+    except (UsageError, FloatingPointError) as e:
         print(f'error: {one_line(e)}', file=sys.stderr)
-        return 2
+        return 2 if isinstance(e, UsageError) else 1
     return 0
 
 

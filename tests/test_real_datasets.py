@@ -189,3 +189,28 @@ def test_main_default_weights_offline(fashion_dir, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match='resnet18-f37072fd.pth'):
         driver.main(['--dataset', 'fashion200k', '--dataset_path', fashion_dir, '--model', 'tirg',
                      '--log_dir', str(tmp_path)])
+
+
+def test_corrupt_image_error_and_skip(fashion_dir, css_dir, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / 'f'
+    shutil.copytree(fashion_dir, copy)
+    (copy / 'women' / 'test' / '2' / '2_1.jpeg').write_bytes(b'\xff\xd8 truncated jpeg')
+    ds = datasets.Fashion200k(str(copy), 'test', transform=datasets.make_transform(224))
+    with pytest.raises(UsageError, match='2_1.jpeg'):
+        ds.get_img(5)
+    skipping = datasets.Fashion200k(str(copy), 'test', skip_bad_images=True)
+    assert len(skipping.imgs) == 5
+    assert len(skipping.get_test_queries()) == 1  # the query from 2_1.jpeg is gone
+    err = capsys.readouterr().err
+    assert 'skipped 1 unreadable test image' in err and 'skipped 1 test queries' in err
+    with pytest.raises(UsageError, match='skip_bad_images'):
+        driver.main(['--skip_bad_images', '--dataset_path', css_dir, '--log_dir', str(tmp_path)])
+
+
+def test_mit_states_skip(mit_dir, tmp_path):
+    import shutil
+    copy = tmp_path / 'm'
+    shutil.copytree(mit_dir, copy)
+    (copy / 'images' / 'rotten tomato' / 'img0.jpg').write_bytes(b'broken')
+    assert len(datasets.MITStates(str(copy), 'test', skip_bad_images=True).imgs) == 3
