@@ -338,6 +338,20 @@ class Fashion200k(BaseDataset):
     def get_all_texts(self):
         return [img['captions'][0] for img in self.imgs]
 
+    def mask_queries(self):
+        """Test queries, or on the training split every (source, text) sampling can draw."""
+        if self.split != 'train':
+            return super().mask_queries()
+        pairs = []
+        for i in self.modifiable_ids:
+            img = self.imgs[i]
+            for parent in img['parent_captions']:
+                for caption in self.parent2children_captions[parent]:
+                    if caption != img['captions'][0]:
+                        target = self.caption2imgids[caption][0]  # the text depends on captions only
+                        pairs.append((i, self.query(i, target)['mod']['str']))
+        return pairs
+
     def generate_training_query(self, idx):
         """A modifiable source (idx itself, else drawn until modifiable), a random parent of
         it, a sibling caption other than its own, a random image of that caption."""
@@ -428,6 +442,13 @@ class MITStates(BaseDataset):
 
     def get_all_texts(self):
         return [img['captions'][0] for img in self.imgs]
+
+    def mask_queries(self):
+        """Test queries, or on the training split every (source, text) sampling can draw."""
+        if self.split != 'train':
+            return super().mask_queries()
+        return [(i, self.query(i, f'{adj} {img["noun"]}')['mod']['str'])
+                for i, img in enumerate(self.imgs) for adj in self.noun2adjs[img['noun']]]
 
     def random_target(self, source, rng):
         """A random image of the source's noun with a random adjective of that noun."""

@@ -132,18 +132,31 @@ class DetectorClipLocalizer:
         return boxes[torchvision.ops.remove_small_boxes(boxes, MIN_BOX_SIDE)]
 
     @torch.inference_mode()
-    def scores(self, image, boxes, text):
-        """Cosine similarity of each whole box crop to the text under CLIP: (N,)."""
+    def crop_features(self, image, boxes):
+        """L2-normalised CLIP embeddings of each whole box crop: (N, 512)."""
         crops = torch.stack([self.preprocess(image.crop(tuple(b))) for b in boxes.tolist()])
-        img = torch.nn.functional.normalize(self.clip.encode_image(crops.to(self.device)), dim=1)
-        txt = self.clip.encode_text(self.tokenizer([text]).to(self.device))
-        return (img @ torch.nn.functional.normalize(txt, dim=1).t())[:, 0].cpu()
+        return torch.nn.functional.normalize(self.clip.encode_image(crops.to(self.device)), dim=1)
 
-    def __call__(self, image, text):
+    @torch.inference_mode()
+    def text_features(self, texts):
+        """L2-normalised CLIP embeddings of the texts: (T, 512)."""
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return torch.nn.functional.normalize(self.clip.encode_text(tokens), dim=1)
+
+    def scores(self, image, boxes, text):
+        """Cosine similarity of each box crop to the text under CLIP: (N,)."""
+        return (self.crop_features(image, boxes) @ self.text_features([text]).t())[:, 0].cpu()
+
+    def masks(self, image, texts):
+        """One mask per text; detection and crop embeddings are computed once per image."""
         boxes = self.proposals(image)
         if len(boxes) == 0:
-            return white_mask(image.size)
-        return topk_union_mask(image.size, boxes, self.scores(image, boxes, text), self.topk)
+            return [white_mask(image.size) for _ in texts]
+        sims = (self.crop_features(image, boxes) @ self.text_features(texts).t()).cpu()
+        return [topk_union_mask(image.size, boxes, sims[:, j], self.topk) for j in range(len(texts))]
+
+    def __call__(self, image, text):
+        return self.masks(image, [text])[0]
 
 
 # ----------------------------------------------------------------------------- cache
@@ -174,25 +187,30 @@ def write_atomic(image, path):
     os.replace(path + '.tmp.png', path)
 
 
-def precompute(dataset, source, make_mask):
-    """Write the mask of every query of `dataset` that is not cached yet; returns the count."""
-    todo = [(i, t) for i, t in sorted(set(dataset.mask_queries()))
-            if not os.path.isfile(mask_path(dataset, source, i, t))]
-    for img_id, text in tqdm(todo, desc=f'{source} masks {dataset.split}'):
+def precompute(dataset, source, make_masks):
+    """Write the mask of every (image, text) of `dataset` not cached yet, one image at a
+    time; returns the number written."""
+    todo = {}
+    for img_id, text in sorted(set(dataset.mask_queries())):
+        if not os.path.isfile(mask_path(dataset, source, img_id, text)):
+            todo.setdefault(img_id, []).append(text)
+    for img_id, texts in tqdm(todo.items(), desc=f'{source} masks {dataset.split} (images)'):
         image = dataset.get_img(img_id, raw_img=True)
-        write_atomic(make_mask(dataset, img_id, text, image), mask_path(dataset, source, img_id, text))
-    return len(todo)
+        for text, mask in zip(texts, make_masks(dataset, img_id, texts, image)):
+            write_atomic(mask, mask_path(dataset, source, img_id, text))
+    return sum(len(texts) for texts in todo.values())
 
 
 def mask_maker(opt):
-    """f(dataset, img_id, text, PIL image) -> PIL mask for opt.mask_source."""
+    """f(dataset, img_id, texts, PIL image) -> one PIL mask per text, for opt.mask_source."""
     if opt.mask_source == 'scene':
-        return lambda ds, i, text, image: scene_mask(ds.imgs[i]['objects'], text, image.size)
+        return lambda ds, i, texts, image: [scene_mask(ds.imgs[i]['objects'], t, image.size)
+                                            for t in texts]
     if opt.mask_source == 'none':
-        return lambda ds, i, text, image: white_mask(image.size)
+        return lambda ds, i, texts, image: [white_mask(image.size) for _ in texts]
     localizer = DetectorClipLocalizer(opt.lpvl_topk, opt.detector_weights, opt.clip_weights,
                                       'cuda' if torch.cuda.is_available() else 'cpu')
-    return lambda ds, i, text, image: localizer(image, text)
+    return lambda ds, i, texts, image: localizer.masks(image, texts)
 
 
 def parse_args(argv=None):

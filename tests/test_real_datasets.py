@@ -214,3 +214,38 @@ def test_mit_states_skip(mit_dir, tmp_path):
     shutil.copytree(mit_dir, copy)
     (copy / 'images' / 'rotten tomato' / 'img0.jpg').write_bytes(b'broken')
     assert len(datasets.MITStates(str(copy), 'test', skip_bad_images=True).imgs) == 3
+
+
+def test_mask_queries_cover_every_training_draw(fashion_dir, mit_dir):
+    for ds in (datasets.Fashion200k(fashion_dir, 'train'), datasets.MITStates(mit_dir, 'train')):
+        pairs = set(ds.mask_queries())
+        for idx in range(100):
+            source, _, _, text = ds.generate_training_query(idx)
+            assert (source, text) in pairs
+    test = datasets.MITStates(mit_dir, 'test')
+    assert len(test.mask_queries()) == len(test.get_test_queries()) == 8
+
+
+def test_lpvl_precompute_on_fashion_with_a_stub_localizer(fashion_dir, tmp_path, monkeypatch):
+    import shutil
+    import lpvl
+    copy = str(tmp_path / 'f')
+    shutil.copytree(fashion_dir, copy)
+    calls = []
+
+    class Stub:
+        def __init__(self, *args):
+            pass
+
+        def masks(self, image, texts):
+            calls.append(len(texts))
+            return [lpvl.boxes_mask(image.size, [(0, 0, 5, 5)]) for _ in texts]
+    monkeypatch.setattr(lpvl, 'DetectorClipLocalizer', Stub)
+    lpvl.main(['--dataset', 'fashion200k', '--dataset_path', copy, '--mask_source',
+               'detector_clip', '--split', 'test'])
+    assert calls == [1, 1]  # one detector pass per query image
+    ds = datasets.Fashion200k(copy, 'test', transform=datasets.make_transform(224))
+    ds.mask_source = 'detector_clip'
+    q = ds.get_test_queries()[0]
+    source = ds.get_source(q['source_img_id'], q['mod']['str'])
+    assert source['mask'].shape == source['img'].shape == (3, 224, 224)
