@@ -117,10 +117,15 @@ class BaseDataset(torch.utils.data.Dataset):
         LPVL mask for `text`, transformed exactly like the image."""
         raw = self.get_img(img_id, raw_img=True)
         out = {'img': self.apply_transform(raw)}
-        if self.mask_source:
-            mask = lpvl.load_mask(self, self.mask_source, img_id, text, raw.size)
+        mask = self.get_raw_mask(img_id, text, raw.size)
+        if mask is not None:
             out['mask'] = self.apply_transform(mask)
         return out
+
+    def get_raw_mask(self, img_id, text, size):
+        """The PIL LPVL mask of (image img_id, text) of size (W, H), or None without masks."""
+        return lpvl.load_mask(self, self.mask_source, img_id, text, size) if self.mask_source \
+            else None
 
     def __getitem__(self, idx):
         """Training sample number `idx` (any non-negative integer)."""

@@ -213,6 +213,18 @@ def mask_maker(opt):
     return lambda ds, i, texts, image: localizer.masks(image, texts)
 
 
+def preview(dataset, make_masks, n, out):
+    """Draw the masks of n queries of `dataset` over their images into the PNG `out`."""
+    import visualize
+    pairs = sorted(set(dataset.mask_queries()))
+    pairs = [pairs[i] for i in visualize.sample_queries(len(pairs), n)]
+    images = [dataset.get_img(img_id, raw_img=True) for img_id, _ in pairs]
+    masks = [make_masks(dataset, img_id, [text], image)[0]
+             for (img_id, text), image in zip(pairs, images)]
+    visualize.mask_preview(pairs, images, masks).save(out)
+    print(f'{len(pairs)} masks drawn into {out}')
+
+
 def parse_args(argv=None):
     import datasets
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -223,6 +235,9 @@ def parse_args(argv=None):
     p.add_argument('--lpvl_topk', type=int, default=None, help='default: 3 on css3d, else 1')
     p.add_argument('--detector_weights', default=None)
     p.add_argument('--clip_weights', default=None)
+    p.add_argument('--preview', type=int, default=0,
+                   help='instead of caching, draw N masks over their images into --out')
+    p.add_argument('--out', default='masks.png', help='preview image path')
     opt = p.parse_args(argv)
     if opt.lpvl_topk is None:
         opt.lpvl_topk = 3 if opt.dataset == 'css3d' else 1
@@ -233,6 +248,9 @@ def main(argv=None):
     import datasets
     opt = parse_args(argv)
     make_mask = mask_maker(opt)
+    if opt.preview:
+        return preview(datasets.DATASETS[opt.dataset](opt.dataset_path, split=(
+            'test' if opt.split == 'all' else opt.split)), make_mask, opt.preview, opt.out)
     for split in (['train', 'test'] if opt.split == 'all' else [opt.split]):
         dataset = datasets.DATASETS[opt.dataset](opt.dataset_path, split=split)
         written = precompute(dataset, opt.mask_source, make_mask)

@@ -27,6 +27,7 @@ import img_text_composition_models
 import lpvl
 import test_retrieval
 import torch_functions
+import visualize
 from errors import UsageError, one_line
 from text_model import SimpleVocab
 
@@ -84,6 +85,8 @@ def build_parser():
     p.add_argument('--num_iters', type=int, default=600)
     p.add_argument('--eval_every', type=int, default=5000, help='evaluate every N iterations')
     p.add_argument('--eval_batch_size', type=int, default=128)
+    p.add_argument('--visualize', type=int, default=0,
+                   help='at each evaluation, save a grid of N queries with their top results')
     p.add_argument('--eval_split', default='test',
                    help='split to evaluate on (a "val" split is for model selection)')
     p.add_argument('--loader_num_workers', type=int, default=2)
@@ -216,14 +219,28 @@ def build_optimizer(opt, model):
 
 def evaluate(opt, model, testset, writer, it, run_dir, **record):
     """Recall@K on the evaluation split: printed one metric per line, logged to TensorBoard
-    and appended to <run_dir>/results.jsonl with `record` (training loss, time, ...)."""
-    results = test_retrieval.test(opt, model, testset)
+    and appended to <run_dir>/results.jsonl with `record` (training loss, time, ...); with
+    --visualize N also a grid of N queries and their top results."""
+    results, topk_ids = test_retrieval.test_with_ranking(opt, model, testset)
     for name, value in results:
         print(f'{opt.eval_split} {name} {value:.4f}')
         writer.add_scalar(f'{opt.eval_split}/{name}', value, it)
     with open(os.path.join(run_dir, 'results.jsonl'), 'a') as f:
         f.write(json.dumps({'it': it, 'split': opt.eval_split, **record, **dict(results)}) + '\n')
+    if opt.visualize:
+        queries = visualize.sample_queries(len(topk_ids), opt.visualize)
+        image = visualize.retrieval_grid(testset, topk_ids, queries)
+        path = os.path.join(run_dir, f'retrieval_{opt.eval_split}_it{it:06d}.png')
+        image.save(path)
+        writer.add_image(f'{opt.eval_split}/retrieval', np.asarray(image), it, dataformats='HWC')
+        print(f'Retrieval grid saved to {path}')
     return results
+
+
+def log_hparams(writer, opt, results):
+    """Flags and final recalls for TensorBoard's HParams tab."""
+    flags = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in vars(opt).items()}
+    writer.add_hparams(flags, {f'hparam/{name}': value for name, value in results})
 
 
 def batches(trainset, opt, start_it, device):
@@ -404,6 +421,8 @@ def main(argv=None):
         results = evaluate(opt, model, testset, writer, checkpoint['it'], run_dir)
     else:
         results = train(opt, model, trainset, testset, device, run_dir, writer, checkpoint)
+    if results:
+        log_hparams(writer, opt, results)
     writer.close()
     return results
 

@@ -104,6 +104,11 @@ def caption_codes(gallery_captions, target_captions):
 def test(opt, model, testset):
     """Recall@K of `model` on `testset` as [(name, value)], names
     recall_top{K}_correct_composition. opt needs eval_batch_size and loader_num_workers."""
+    return test_with_ranking(opt, model, testset)[0]
+
+
+def test_with_ranking(opt, model, testset):
+    """(test()'s recalls, top-100 gallery ids per query (Nq, 100))."""
     was_training = model.training
     model.eval()
     queries = testset.get_test_queries()
@@ -123,7 +128,7 @@ def test(opt, model, testset):
         recalls = recall_at_k(topk_ids, *caption_codes(list(map(view, gallery_captions)),
                                                        list(map(view, target_captions))))
         results += [(f'recall_top{k}_correct_{name}', r) for k, r in recalls.items()]
-    return results
+    return results, topk_ids
 
 
 def chance_recall_at_1(testset):
@@ -137,3 +142,43 @@ def chance_recall_at_1(testset):
     sources = torch.tensor([q['source_img_id'] for q in queries])
     per_query -= (gallery_labels[sources] == target_labels).float()  # the source is excluded
     return (per_query / (len(gallery_labels) - 1)).mean().item()
+
+
+def parse_args(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description='Evaluate a saved checkpoint: Recall@K, printed as '
+                                'main.py prints it, and written to JSON.')
+    p.add_argument('--model_checkpoint', required=True)
+    p.add_argument('--dataset_path', default=None, help="default: the checkpoint's")
+    p.add_argument('--output', default=None, help='JSON file for the recalls')
+    p.add_argument('--visualize', type=int, default=0, help='grid of N queries (PNG)')
+    p.add_argument('--log_dir', default=None, help="default: the checkpoint's folder")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    """Evaluate --model_checkpoint through main.py's --test_only path."""
+    import json
+    import os
+    import main as driver
+    args = parse_args(argv)
+    forwarded = ['--test_only', 'True', '--model_checkpoint', args.model_checkpoint,
+                 '--log_dir', args.log_dir or os.path.dirname(os.path.abspath(args.model_checkpoint)),
+                 '--visualize', str(args.visualize)]
+    if args.dataset_path:
+        forwarded += ['--dataset_path', args.dataset_path]
+    results = driver.main(forwarded)
+    if args.output:
+        with open(args.output, 'w') as f:
+            json.dump(dict(results), f, indent=2)
+        print(f'Results written to {args.output}')
+    return results
+
+
+if __name__ == '__main__':
+    import sys
+    from errors import UsageError, one_line
+    try:
+        main()
+    except UsageError as e:
+        sys.exit(f'error: {one_line(e)}')

@@ -51,7 +51,7 @@ def tiny_run(css_dir, tmp_path_factory):
     log_dir = str(tmp_path_factory.mktemp('runs'))
     argv = ['--dataset_path', css_dir, '--num_iters', '60', '--eval_every', '30',
             '--batch_size', '16', '--image_embed_dim', '64', '--loader_num_workers', '0',
-            '--log_dir', log_dir, '--comment', 'tiny', '--seed', '1']
+            '--log_dir', log_dir, '--comment', 'tiny', '--seed', '1', '--visualize', '3']
     results = driver.main(argv)
     run_dir, = glob.glob(os.path.join(log_dir, '*_tiny'))
     return results, run_dir
@@ -68,6 +68,25 @@ def test_training_run_learns(tiny_run, css_dir):
     assert dict(results)['recall_top1_correct_composition'] > 5 * chance
     assert os.path.isfile(os.path.join(run_dir, 'args.json'))
     assert glob.glob(os.path.join(run_dir, 'events.out.tfevents.*'))
+    grids = sorted(glob.glob(os.path.join(run_dir, 'retrieval_test_it*.png')))
+    assert [os.path.basename(g) for g in grids] == ['retrieval_test_it000030.png',
+                                                    'retrieval_test_it000060.png']
+    assert glob.glob(os.path.join(run_dir, '*', 'events.out.tfevents.*'))  # add_hparams run
+
+
+def test_standalone_evaluation_matches_main(tiny_run, css_dir, tmp_path, capsys):
+    import test_retrieval
+    results, run_dir = tiny_run
+    capsys.readouterr()
+    output = tmp_path / 'results.json'
+    again = test_retrieval.main(['--model_checkpoint', os.path.join(run_dir, 'latest_checkpoint.pth'),
+                                 '--dataset_path', css_dir, '--output', str(output),
+                                 '--log_dir', str(tmp_path), '--visualize', '2'])
+    printed = capsys.readouterr().out
+    for name, value in results:
+        assert f'test {name} {value:.4f}' in printed
+    assert json.loads(output.read_text()) == dict(results) == dict(again)
+    assert glob.glob(str(tmp_path / '*' / 'retrieval_test_it000060.png'))
 
 
 def test_checkpoint_and_test_only(tiny_run, css_dir, capsys):
