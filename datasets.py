@@ -78,6 +78,7 @@ class BaseDataset(torch.utils.data.Dataset):
         self.rank = 0
         self.transform = None
         self.mask_source = None  # an lpvl.MASK_SOURCES entry: samples then carry masks
+        self.cache_images, self.image_cache = False, {}
 
     @classmethod
     def from_args(cls, opt, split, transform):
@@ -92,8 +93,20 @@ class BaseDataset(torch.utils.data.Dataset):
     def get_all_texts(self):
         raise NotImplementedError
 
-    def get_img(self, idx, raw_img=False):
+    def read_image(self, idx):
+        """Decode image idx from its file: a PIL RGB image."""
         raise NotImplementedError
+
+    def get_img(self, idx, raw_img=False):
+        """Image idx as a PIL image (raw_img) or transformed tensor (3, H, W); with
+        cache_images each process decodes an image once."""
+        if not self.cache_images:
+            img = self.read_image(idx)
+        elif idx in self.image_cache:
+            img = self.image_cache[idx]
+        else:
+            img = self.image_cache[idx] = self.read_image(idx)
+        return img if raw_img else self.apply_transform(img)
 
     def generate_training_query(self, idx):
         """(source id, mod id, target id, text) of training sample idx."""
@@ -188,14 +201,11 @@ class CSSDataset(BaseDataset):
     def image_path(self, idx):
         return os.path.join(self.path, 'images', f'css_{self.split}_{idx:06d}.png')
 
-    def get_img(self, idx, raw_img=False):
-        """Image idx as a PIL image (raw_img) or transformed tensor (3, H, W)."""
+    def read_image(self, idx):
         if self.render == '2d':
             objects = self.imgs[idx]['objects']
-            img = Image.fromarray(css_generator.render_scene(objects, self.render_size))
-        else:
-            img = read_rgb(self.image_path(idx))
-        return img if raw_img else self.apply_transform(img)
+            return Image.fromarray(css_generator.render_scene(objects, self.render_size))
+        return read_rgb(self.image_path(idx))
 
     def random_pair(self, rng):
         """A random mod and one of its (from, to) pairs: (source, mod_id, target)."""
@@ -377,9 +387,8 @@ class Fashion200k(BaseDataset):
         target = targets[int(rng.integers(len(targets)))]
         return source, NO_MOD_ID, target, self.query(source, target)['mod']['str']
 
-    def get_img(self, idx, raw_img=False):
-        img = read_rgb(os.path.join(self.path, self.imgs[idx]['file_path']))
-        return img if raw_img else self.apply_transform(img)
+    def read_image(self, idx):
+        return read_rgb(os.path.join(self.path, self.imgs[idx]['file_path']))
 
 
 def read_fashion_labels(path, split):
@@ -475,9 +484,8 @@ class MITStates(BaseDataset):
         text = self.query(source, self.imgs[target]['captions'][0])['mod']['str']
         return source, NO_MOD_ID, target, text
 
-    def get_img(self, idx, raw_img=False):
-        img = read_rgb(self.imgs[idx]['file_path'])
-        return img if raw_img else self.apply_transform(img)
+    def read_image(self, idx):
+        return read_rgb(self.imgs[idx]['file_path'])
 
 
 def read_mit_states_images(path, split):

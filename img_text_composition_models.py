@@ -89,6 +89,7 @@ class ImgTextCompositionBase(nn.Module):
     """Shared parts: ResNet-18 image model, LSTM text model, normalisation, loss."""
 
     uses_mask = False  # True: queries are composed with an LPVL mask
+    uses_all_parameters = True  # False: DistributedDataParallel must look for unused ones
 
     def __init__(self, vocab_words, embed_dim=512, loss='batch_based_classification',
                  backbone_weights='none'):
@@ -133,6 +134,8 @@ class ImgTextCompositionBase(nn.Module):
 
 class ImgOnly(ImgTextCompositionBase):
     """Baseline: the query is the reference image's feature; the text is ignored."""
+
+    uses_all_parameters = False  # the text model is never used
 
     def compose_img_text(self, imgs, texts, masks=None):
         return self.extract_img_feature(imgs)

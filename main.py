@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 import checkpoints
 import css_generator
+import distributed
 import datasets
 import img_text_composition_models
 import lpvl
@@ -104,6 +105,10 @@ def build_parser():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:N')
     p.add_argument('--resume', default='', help='continue training exactly from a checkpoint')
+    p.add_argument('--amp', default='off', choices=['off', 'bf16', 'fp16'],
+                   help='mixed precision (fp16 with a gradient scaler, CUDA only)')
+    add_bool(p, '--channels_last', False, 'channels-last memory format for images and model')
+    add_bool(p, '--cache_images', False, 'keep decoded images in memory (small datasets)')
     add_bool(p, '--skip_nonfinite', False,
              'step over batches whose loss is not finite (default: stop with an error)')
     return p
@@ -150,15 +155,6 @@ def resolve_defaults(opt):
     return opt
 
 
-def resolve_device(name):
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise UsageError(f'--device {name}: CUDA is not available on this machine')
-    return device
-
-
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -182,6 +178,7 @@ def load_datasets(opt):
     trainset = cls.from_args(opt, 'train', transform)
     testset = cls.from_args(opt, opt.eval_split, transform)
     trainset.seed = opt.seed
+    trainset.cache_images = testset.cache_images = opt.cache_images
     if img_text_composition_models.MODELS[opt.model].uses_mask:
         trainset.mask_source = testset.mask_source = opt.mask_source
     print(f'{opt.dataset}: {len(trainset.imgs)} training images, {len(testset.imgs)} '
@@ -251,20 +248,41 @@ def batches(trainset, opt, start_it, device):
                                     pin_memory=device.type == 'cuda'))
 
 
-def train_step(model, batch, optimizer, device, it, skip_nonfinite=False):
-    """One SGD step on a batch of training samples; returns the loss terms as floats, or
-    None when the loss is not finite and skip_nonfinite is set (no update is made)."""
-    to_device = lambda key: batch[key].to(device, non_blocking=True) if key in batch else None
-    losses = model(to_device('source_img_data'), batch['mod']['str'],
-                   to_device('target_img_data'), to_device('source_img_mask'))
-    if not torch.isfinite(losses['total']):
-        if skip_nonfinite:
+class Precision:
+    """--amp and --channels_last as objects the training step uses unconditionally: when
+    off, the autocast context and the gradient scaler are pass-throughs."""
+
+    def __init__(self, opt, device):
+        self.dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(opt.amp)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type, enabled=opt.amp == 'fp16')
+        self.memory_format = torch.channels_last if opt.channels_last else torch.contiguous_format
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.bfloat16,
+                              enabled=self.dtype is not None)
+
+    def images(self, batch, key, device):
+        """batch[key] on the device in the configured memory format, or None if absent."""
+        if key not in batch:
             return None
-        raise FloatingPointError(f'non-finite loss {losses["total"].item()} at iteration {it}')
+        return batch[key].to(device, non_blocking=True, memory_format=self.memory_format)
+
+
+def train_step(model, batch, optimizer, precision, device):
+    """Forward and loss for one batch: {name: loss tensor}, 'total' included."""
+    with precision.autocast():
+        return model(precision.images(batch, 'source_img_data', device), batch['mod']['str'],
+                     precision.images(batch, 'target_img_data', device),
+                     precision.images(batch, 'source_img_mask', device))
+
+
+def apply_update(losses, optimizer, precision):
+    """Backward and SGD step through the (possibly disabled) gradient scaler."""
     optimizer.zero_grad(set_to_none=True)
-    losses['total'].backward()
-    optimizer.step()
-    return {name: value.item() for name, value in losses.items()}
+    precision.scaler.scale(losses['total']).backward()
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
 
 
 class StopRequest:
@@ -286,81 +304,137 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-def checkpoint_state(opt, model, optimizer, scheduler, it, progress):
+class NullWriter:
+    """Stands in for the SummaryWriter on ranks other than 0."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def checkpoint_state(opt, model, optimizer, scheduler, precision, it, progress):
     """Everything an exact resume needs, as tensors and plain data."""
     return {'it': it, 'opt': vars(opt), 'model_state_dict': model.state_dict(),
             'optimizer_state_dict': optimizer.state_dict(),
             'scheduler_state_dict': scheduler.state_dict(),
+            'scaler_state_dict': precision.scaler.state_dict(),
             'vocab': list(model.text_model.vocab.words), 'rng': checkpoints.rng_states(),
             **progress}
 
 
-def train(opt, model, trainset, testset, device, run_dir, writer, checkpoint=None):
+def checkpoint_evaluation(ctx, it, mean_loss):
+    """Rank 0: evaluate, save latest (and best) checkpoint; then every rank waits."""
+    if ctx['rank'] == 0:
+        opt, model, progress = ctx['opt'], ctx['model'], ctx['progress']
+        tqdm.write(f'iteration {it}: mean loss {mean_loss:.4f}, skipped non-finite batches '
+                   f'{progress["skipped_nonfinite"]}')
+        results = evaluate(opt, model, ctx['testset'], ctx['writer'], it, ctx['run_dir'],
+                           train_loss=mean_loss, train_seconds=progress['train_seconds'],
+                           parameters=sum(p.numel() for p in model.parameters()))
+        recall_at_1 = dict(results)['recall_top1_correct_composition']
+        improved = recall_at_1 > progress['best_recall']
+        progress['best_recall'] = max(recall_at_1, progress['best_recall'])
+        save_latest(ctx, it)
+        if improved:
+            checkpoints.copy(ctx['latest'], os.path.join(ctx['run_dir'], 'best_checkpoint.pth'))
+        ctx['results'] = results
+    distributed.barrier()
+
+
+def save_latest(ctx, it):
+    if ctx['rank'] == 0:
+        checkpoints.save(ctx['latest'], checkpoint_state(
+            ctx['opt'], ctx['model'], ctx['optimizer'], ctx['scheduler'], ctx['precision'], it,
+            ctx['progress']))
+
+
+def resume_state(checkpoint, optimizer, scheduler, precision, progress):
+    """Load the training state of a checkpoint (after the loader drew its seed, so that the
+    random streams continue exactly)."""
+    optimizer.load_state_dict(checkpoint['optimizer_state_dict'])
+    scheduler.load_state_dict(checkpoint['scheduler_state_dict'])
+    if 'scaler_state_dict' in checkpoint:
+        precision.scaler.load_state_dict(checkpoint['scaler_state_dict'])
+    progress.update({k: checkpoint[k] for k in progress if k in checkpoint})
+    checkpoints.set_rng_states(checkpoint['rng'])
+
+
+def train(opt, model, trainset, testset, device, run_dir, writer, checkpoint=None, rank=0):
     """The training loop: SGD steps, step-decay schedule, periodic evaluation and checkpoints;
-    continues `checkpoint` exactly when given. Returns the last evaluation."""
+    continues `checkpoint` exactly when given. `model` is trained through a
+    DistributedDataParallel wrapper under torchrun. Returns the last evaluation."""
     optimizer = build_optimizer(opt, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opt.learning_rate_decay_frequency, 0.1)
+    precision = Precision(opt, device)
     start_it = checkpoint['it'] if checkpoint else 0
     data = batches(trainset, opt, start_it, device)
     progress = {'best_recall': -1.0, 'skipped_nonfinite': 0, 'train_seconds': 0.0}
     if checkpoint:
-        optimizer.load_state_dict(checkpoint['optimizer_state_dict'])
-        scheduler.load_state_dict(checkpoint['scheduler_state_dict'])
-        progress.update({k: checkpoint[k] for k in progress if k in checkpoint})
-        checkpoints.set_rng_states(checkpoint['rng'])  # after the loader drew its seed
-    latest = os.path.join(run_dir, 'latest_checkpoint.pth')
-    num_parameters = sum(p.numel() for p in model.parameters())
-    print(f'model {opt.model}: {num_parameters / 1e6:.1f}M parameters')
-    results, loss_sum, loss_count = [], 0.0, 0
+        resume_state(checkpoint, optimizer, scheduler, precision, progress)
+    ctx = {'opt': opt, 'model': model, 'optimizer': optimizer, 'scheduler': scheduler,
+           'precision': precision, 'progress': progress, 'rank': rank, 'testset': testset,
+           'writer': writer, 'run_dir': run_dir, 'results': [],
+           'latest': os.path.join(run_dir, 'latest_checkpoint.pth')}
+    trained = wrap_for_training(model, device)
+    if rank == 0:
+        print(f'model {opt.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M '
+              'parameters')
+    loss_sum, loss_count = 0.0, 0
     model.train()
     started = time.perf_counter()
     with StopRequest() as stop:
         for it in tqdm(range(start_it + 1, opt.num_iters + 1), desc='train', initial=start_it,
-                       total=opt.num_iters, dynamic_ncols=True):
-            try:
-                losses = train_step(model, next(data), optimizer, device, it, opt.skip_nonfinite)
-            except FloatingPointError as e:
-                raise FloatingPointError(f'{e}; training stopped, the last good checkpoint is '
-                                         f'{latest if os.path.isfile(latest) else "none yet"} '
-                                         '(--skip_nonfinite steps over such batches)') from None
-            if losses is None:
+                       total=opt.num_iters, dynamic_ncols=True, disable=rank != 0):
+            losses = train_step(trained, next(data), optimizer, precision, device)
+            finite = not distributed.any_rank(not torch.isfinite(losses['total']).item(), device)
+            if finite:
+                apply_update(losses, optimizer, precision)
+                values = distributed.mean_over_ranks({k: v.item() for k, v in losses.items()},
+                                                     device)
+                for name, value in values.items():
+                    writer.add_scalar(f'train/loss_{name}', value, it)
+                loss_sum, loss_count = loss_sum + values['total'], loss_count + 1
+            elif opt.skip_nonfinite:
                 progress['skipped_nonfinite'] += 1
                 writer.add_scalar('train/skipped_nonfinite', progress['skipped_nonfinite'], it)
             else:
-                for name, value in losses.items():
-                    writer.add_scalar(f'train/loss_{name}', value, it)
-                loss_sum, loss_count = loss_sum + losses['total'], loss_count + 1
+                raise FloatingPointError(
+                    f'non-finite loss {losses["total"].item()} at iteration {it}; training '
+                    'stopped, the last good checkpoint is '
+                    f'{ctx["latest"] if os.path.isfile(ctx["latest"]) else "none yet"} '
+                    '(--skip_nonfinite steps over such batches)')
             writer.add_scalar('train/learning_rate', optimizer.param_groups[0]['lr'], it)
             scheduler.step()
             evaluate_now = it % opt.eval_every == 0 or it == opt.num_iters
-            if evaluate_now or stop.signal_name:
+            stop_now = distributed.any_rank(stop.signal_name is not None, device)
+            if evaluate_now or stop_now:
                 progress['train_seconds'] += time.perf_counter() - started
             if evaluate_now:
-                mean_loss = loss_sum / max(loss_count, 1)
-                tqdm.write(f'iteration {it}: mean loss {mean_loss:.4f}, skipped non-finite '
-                           f'batches {progress["skipped_nonfinite"]}')
-                results = evaluate(opt, model, testset, writer, it, run_dir, train_loss=mean_loss,
-                                   train_seconds=progress['train_seconds'],
-                                   parameters=num_parameters)
-                recall_at_1 = dict(results)['recall_top1_correct_composition']
-                improved = recall_at_1 > progress['best_recall']
-                progress['best_recall'] = max(recall_at_1, progress['best_recall'])
-                checkpoints.save(latest, checkpoint_state(opt, model, optimizer, scheduler, it,
-                                                          progress))
-                if improved:
-                    checkpoints.copy(latest, os.path.join(run_dir, 'best_checkpoint.pth'))
+                checkpoint_evaluation(ctx, it, loss_sum / max(loss_count, 1))
                 loss_sum, loss_count = 0.0, 0
-            if stop.signal_name:
+            if stop_now:
                 if not evaluate_now:
-                    checkpoints.save(latest, checkpoint_state(opt, model, optimizer, scheduler,
-                                                              it, progress))
-                print(f'{stop.signal_name}: stopped after iteration {it}; checkpoint saved to '
-                      f'{latest} (continue with --resume {latest})')
-                return results
+                    save_latest(ctx, it)
+                if rank == 0:
+                    print(f'{stop.signal_name or "stop"}: stopped after iteration {it}; '
+                          f'checkpoint saved to {ctx["latest"]} (continue with --resume '
+                          f'{ctx["latest"]})')
+                return ctx['results']
             if evaluate_now:
                 started = time.perf_counter()
-    print(f'Checkpoint saved to {latest}')
-    return results
+    if not distributed.parameters_identical(model, device):
+        raise RuntimeError('parameters differ across ranks after training')
+    if rank == 0:
+        print(f'Checkpoint saved to {ctx["latest"]}')
+    return ctx['results']
+
+
+def wrap_for_training(model, device):
+    """The module the training step calls: DistributedDataParallel under torchrun."""
+    if not distributed.is_distributed():
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == 'cuda' else None,
+        find_unused_parameters=not model.uses_all_parameters)
 
 
 def flags_with_checkpoint(opt, argv, checkpoint, path):
@@ -401,14 +475,18 @@ def main(argv=None):
     checkpoint = checkpoints.load(checkpoint_path) if checkpoint_path else None
     if checkpoint:
         opt = flags_with_checkpoint(opt, argv, checkpoint, checkpoint_path)
-    device = resolve_device(opt.device)
+    rank, world_size, device = init_device(opt)
     seed_everything(opt.seed)
     trainset, testset = load_datasets(opt)
+    trainset.rank = rank  # each process draws its own training queries
     input_size = tuple(testset.get_img(0).shape[-2:])
     if min(input_size) < MIN_IMAGE_SIDE:
         raise UsageError(f'images are {input_size[0]}x{input_size[1]} after the transform; the '
                          f'ResNet-18 backbone needs at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}')
-    run_dir, writer = start_run(opt, checkpoint)
+    run_dir, writer = start_run(opt, checkpoint) if rank == 0 else (None, NullWriter())
+    run_dir = distributed.broadcast_from_rank0(run_dir)
+    if world_size > 1 and rank == 0:
+        print(f'{world_size} processes, effective batch {world_size * opt.batch_size}')
     vocab = checkpoint['vocab'] if checkpoint else \
         SimpleVocab.from_texts(trainset.get_all_texts()).words
     model = img_text_composition_models.build_model(
@@ -416,15 +494,29 @@ def main(argv=None):
         vocab, input_size)
     if checkpoint:
         checkpoints.check_model_state(model, checkpoint['model_state_dict'], checkpoint_path)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last if opt.channels_last else
+             torch.contiguous_format)
     if opt.test_only:
         results = evaluate(opt, model, testset, writer, checkpoint['it'], run_dir)
     else:
-        results = train(opt, model, trainset, testset, device, run_dir, writer, checkpoint)
+        results = train(opt, model, trainset, testset, device, run_dir, writer, checkpoint, rank)
     if results:
         log_hparams(writer, opt, results)
     writer.close()
+    distributed.cleanup()
     return results
+
+
+def init_device(opt):
+    """(rank, world size, device); joins the process group under torchrun."""
+    if opt.device != 'auto' and opt.device.startswith('cuda') and not torch.cuda.is_available():
+        raise UsageError(f'--device {opt.device}: CUDA is not available on this machine')
+    rank, world_size, device = distributed.init_distributed(opt.device)
+    if opt.amp == 'fp16' and device.type != 'cuda':
+        raise UsageError('--amp fp16 needs CUDA (its gradient scaler); use bf16 on the CPU')
+    if opt.test_only and world_size > 1:
+        raise UsageError('--test_only runs in one process; start it without torchrun')
+    return rank, world_size, device
 
 
 def cli():
