@@ -421,8 +421,11 @@ def train(opt, model, trainset, testset, device, run_dir, writer, checkpoint=Non
                 return ctx['results']
             if evaluate_now:
                 started = time.perf_counter()
-    if not distributed.parameters_identical(model, device):
-        raise RuntimeError('parameters differ across ranks after training')
+    if distributed.is_distributed():
+        if not distributed.parameters_identical(model, device):
+            raise RuntimeError('parameters differ across ranks after training')
+        if rank == 0:
+            print('parameters identical on every rank')
     if rank == 0:
         print(f'Checkpoint saved to {ctx["latest"]}')
     return ctx['results']
