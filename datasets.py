@@ -12,6 +12,7 @@ continues the exact sample stream. A sample is a dict:
     source_img_mask (3, H, W), the LPVL mask, when `mask_source` is set
 """
 import os
+import random
 import sys
 
 import numpy as np
@@ -64,6 +65,14 @@ def drop_unreadable(imgs, path_of, split):
         print(f'--skip_bad_images: skipped {len(bad)} unreadable {split} image(s), e.g. '
               f'{bad[0]}', file=sys.stderr)
     return keep
+
+
+def seed_worker(worker_id):
+    """Distinct numpy and python random streams per loader worker (samples themselves are
+    seeded by their index; this covers any random transform)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 class BaseDataset(torch.utils.data.Dataset):
@@ -156,7 +165,7 @@ class BaseDataset(torch.utils.data.Dataset):
         return torch.utils.data.DataLoader(
             self, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
             num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
-            persistent_workers=num_workers > 0)
+            persistent_workers=num_workers > 0, worker_init_fn=seed_worker)
 
 
 class CSSDataset(BaseDataset):
