@@ -244,6 +244,10 @@ def test_lpvl_precompute_on_fashion_with_a_stub_localizer(fashion_dir, tmp_path,
     lpvl.main(['--dataset', 'fashion200k', '--dataset_path', copy, '--mask_source',
                'detector_clip', '--split', 'test'])
     assert calls == [1, 1]  # one detector pass per query image
+    lpvl.main(['--dataset', 'fashion200k', '--dataset_path', copy, '--mask_source',
+               'detector_clip', '--split', 'train'])
+    results = run_main('fashion200k', copy, tmp_path, '--model', 'LGLI')  # cached masks
+    assert 0 <= results['recall_top1_correct_composition'] <= 1
     ds = datasets.Fashion200k(copy, 'test', transform=datasets.make_transform(224))
     ds.mask_source = 'detector_clip'
     q = ds.get_test_queries()[0]

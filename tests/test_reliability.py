@@ -185,3 +185,25 @@ def test_cli_prints_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count('\n') == 1 and proc.stderr.startswith('error: CSS dataset file')
+
+
+def test_amp_channels_last_and_cache_run_on_cpu(css_dir, tmp_path):
+    path = run(css_dir, tmp_path, '--num_iters', '2', '--amp', 'bf16', '--channels_last',
+               '--cache_images')
+    state = checkpoints.load(path)
+    assert state['it'] == 2 and 'scaler_state_dict' in state
+    assert all(torch.isfinite(t).all() for t in state['model_state_dict'].values()
+               if t.is_floating_point())
+    with pytest.raises(UsageError, match='fp16 needs CUDA'):
+        driver.main(['--dataset_path', css_dir, '--amp', 'fp16', '--device', 'cpu'])
+
+
+def test_cache_images_decodes_once(css_dir, monkeypatch):
+    import datasets
+    ds = datasets.CSSDataset(css_dir, 'test', transform=datasets.make_transform())
+    ds.cache_images = True
+    reads = []
+    real = datasets.read_rgb
+    monkeypatch.setattr(datasets, 'read_rgb', lambda path: reads.append(path) or real(path))
+    first, again = ds.get_img(3), ds.get_img(3)
+    assert torch.equal(first, again) and len(reads) == 1
