@@ -12,6 +12,7 @@ ratios compare runs on the same machine state.
 Last line (JPEG data): speedup_vs_reference=<float> loader_over_model=<float>
 """
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -55,7 +56,8 @@ def write_fashion_like(root, images_per_caption=12, seed=0):
 
 def setup(argv):
     opt = driver.parse_args(argv)
-    trainset, _ = driver.load_datasets(opt)
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the figures
+        trainset, _ = driver.load_datasets(opt)
     input_size = tuple(trainset.get_img(0).shape[-2:])
     model = img_text_composition_models.build_model(
         opt, SimpleVocab.from_texts(trainset.get_all_texts()).words, input_size)
