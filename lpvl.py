@@ -98,7 +98,10 @@ def load_detector(weights=None, random_init=False):
         if not os.path.isfile(path):
             raise UsageError(f'detector weights not found at {path}: download '
                              f'{DETECTOR_WEIGHTS.url} there or pass --detector_weights PATH')
-        detector.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+        try:
+            detector.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+        except Exception as e:  # unreadable or not a Faster R-CNN state dict: name the file
+            raise UsageError(f'--detector_weights {path}: {str(e).splitlines()[0]}') from None
     return detector.eval()
 
 
@@ -109,8 +112,11 @@ def load_clip(weights=None, random_init=False):
     if not random_init and not (weights and os.path.isfile(weights)):
         raise UsageError(f'CLIP ViT-B/32 weights not found ({weights or "no path given"}): '
                          'pass --clip_weights PATH to an open_clip ViT-B-32 checkpoint')
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        CLIP_MODEL, pretrained=None if random_init else weights)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            CLIP_MODEL, pretrained=None if random_init else weights)
+    except Exception as e:  # unreadable or not a ViT-B-32 checkpoint: name the file
+        raise UsageError(f'--clip_weights {weights}: {str(e).splitlines()[0]}') from None
     return model.eval(), preprocess, open_clip.get_tokenizer(CLIP_MODEL)
 
 

@@ -116,6 +116,12 @@ def test_missing_weights_errors(tmp_path, monkeypatch):
         lpvl.load_detector()
     with pytest.raises(UsageError, match='--clip_weights'):
         lpvl.load_clip(None)
+    junk = tmp_path / 'junk.pth'
+    junk.write_bytes(b'not weights')
+    with pytest.raises(UsageError, match='--detector_weights'):
+        lpvl.load_detector(str(junk))
+    with pytest.raises(UsageError, match='--clip_weights'):
+        lpvl.load_clip(str(junk))
 
 
 @pytest.fixture(scope='module')
