@@ -48,7 +48,8 @@ def load_backbone_state(weights):
     try:
         return torch.load(weights, map_location='cpu', weights_only=True)
     except Exception as e:  # any unreadable file is a user error here, named in one line
-        raise UsageError(f'--backbone_weights: cannot load {weights}: {e}') from None
+        raise UsageError(f'--backbone_weights: cannot load {weights}: '
+                         f'{str(e).splitlines()[0]}') from None
 
 
 class ResNetBackbone(nn.Module):
