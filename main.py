@@ -358,77 +358,101 @@ def resume_state(checkpoint, optimizer, scheduler, precision, progress):
     checkpoints.set_rng_states(checkpoint['rng'])
 
 
+def setup_training(opt, model, testset, device, run_dir, writer, checkpoint, rank):
+    """Optimizer, schedule, precision and progress (restored from `checkpoint` if given),
+    gathered with what evaluation and saving need."""
+    optimizer = build_optimizer(opt, model)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opt.learning_rate_decay_frequency, 0.1)
+    if rank == 0:
+        print(f'model {opt.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M '
+              'parameters')
+    return {'opt': opt, 'model': model, 'optimizer': optimizer, 'scheduler': scheduler,
+            'precision': Precision(opt, device), 'rank': rank, 'testset': testset,
+            'writer': writer, 'run_dir': run_dir, 'results': [], 'device': device,
+            'latest': os.path.join(run_dir, 'latest_checkpoint.pth'),
+            'progress': {'best_recall': -1.0, 'skipped_nonfinite': 0, 'train_seconds': 0.0}}
+
+
+def update_or_skip(ctx, losses, it):
+    """Apply the update when the loss is finite on every rank and return the total loss
+    (averaged over ranks); otherwise skip the batch (--skip_nonfinite, returns None) or stop."""
+    opt, writer, progress = ctx['opt'], ctx['writer'], ctx['progress']
+    finite = not distributed.any_rank(not torch.isfinite(losses['total']).item(), ctx['device'])
+    total = None
+    if finite:
+        apply_update(losses, ctx['optimizer'], ctx['precision'])
+        values = distributed.mean_over_ranks({k: v.item() for k, v in losses.items()},
+                                             ctx['device'])
+        for name, value in values.items():
+            writer.add_scalar(f'train/loss_{name}', value, it)
+        total = values['total']
+    elif opt.skip_nonfinite:
+        progress['skipped_nonfinite'] += 1
+        writer.add_scalar('train/skipped_nonfinite', progress['skipped_nonfinite'], it)
+    else:
+        last_good = ctx['latest'] if os.path.isfile(ctx['latest']) else 'none yet'
+        raise FloatingPointError(
+            f'non-finite loss {losses["total"].item()} at iteration {it}; training stopped, the '
+            f'last good checkpoint is {last_good} (--skip_nonfinite steps over such batches)')
+    writer.add_scalar('train/learning_rate', ctx['optimizer'].param_groups[0]['lr'], it)
+    return total
+
+
 def train(opt, model, trainset, testset, device, run_dir, writer, checkpoint=None, rank=0):
     """The training loop: SGD steps, step-decay schedule, periodic evaluation and checkpoints;
     continues `checkpoint` exactly when given. `model` is trained through a
     DistributedDataParallel wrapper under torchrun. Returns the last evaluation."""
-    optimizer = build_optimizer(opt, model)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, opt.learning_rate_decay_frequency, 0.1)
-    precision = Precision(opt, device)
+    ctx = setup_training(opt, model, testset, device, run_dir, writer, checkpoint, rank)
     start_it = checkpoint['it'] if checkpoint else 0
     data = batches(trainset, opt, start_it, device)
-    progress = {'best_recall': -1.0, 'skipped_nonfinite': 0, 'train_seconds': 0.0}
     if checkpoint:
-        resume_state(checkpoint, optimizer, scheduler, precision, progress)
-    ctx = {'opt': opt, 'model': model, 'optimizer': optimizer, 'scheduler': scheduler,
-           'precision': precision, 'progress': progress, 'rank': rank, 'testset': testset,
-           'writer': writer, 'run_dir': run_dir, 'results': [],
-           'latest': os.path.join(run_dir, 'latest_checkpoint.pth')}
+        resume_state(checkpoint, ctx['optimizer'], ctx['scheduler'], ctx['precision'],
+                     ctx['progress'])
     trained = wrap_for_training(model, device)
-    if rank == 0:
-        print(f'model {opt.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M '
-              'parameters')
-    loss_sum, loss_count = 0.0, 0
+    window = []  # total losses since the last evaluation
     model.train()
     started = time.perf_counter()
     with StopRequest() as stop:
         for it in tqdm(range(start_it + 1, opt.num_iters + 1), desc='train', initial=start_it,
                        total=opt.num_iters, dynamic_ncols=True, disable=rank != 0):
-            losses = train_step(trained, next(data), optimizer, precision, device)
-            finite = not distributed.any_rank(not torch.isfinite(losses['total']).item(), device)
-            if finite:
-                apply_update(losses, optimizer, precision)
-                values = distributed.mean_over_ranks({k: v.item() for k, v in losses.items()},
-                                                     device)
-                for name, value in values.items():
-                    writer.add_scalar(f'train/loss_{name}', value, it)
-                loss_sum, loss_count = loss_sum + values['total'], loss_count + 1
-            elif opt.skip_nonfinite:
-                progress['skipped_nonfinite'] += 1
-                writer.add_scalar('train/skipped_nonfinite', progress['skipped_nonfinite'], it)
-            else:
-                raise FloatingPointError(
-                    f'non-finite loss {losses["total"].item()} at iteration {it}; training '
-                    'stopped, the last good checkpoint is '
-                    f'{ctx["latest"] if os.path.isfile(ctx["latest"]) else "none yet"} '
-                    '(--skip_nonfinite steps over such batches)')
-            writer.add_scalar('train/learning_rate', optimizer.param_groups[0]['lr'], it)
-            scheduler.step()
+            losses = train_step(trained, next(data), ctx['optimizer'], ctx['precision'], device)
+            total = update_or_skip(ctx, losses, it)
+            window += [] if total is None else [total]
+            ctx['scheduler'].step()
             evaluate_now = it % opt.eval_every == 0 or it == opt.num_iters
             stop_now = distributed.any_rank(stop.signal_name is not None, device)
             if evaluate_now or stop_now:
-                progress['train_seconds'] += time.perf_counter() - started
+                ctx['progress']['train_seconds'] += time.perf_counter() - started
             if evaluate_now:
-                checkpoint_evaluation(ctx, it, loss_sum / max(loss_count, 1))
-                loss_sum, loss_count = 0.0, 0
+                checkpoint_evaluation(ctx, it, sum(window) / max(len(window), 1))
+                window = []
             if stop_now:
-                if not evaluate_now:
-                    save_latest(ctx, it)
-                if rank == 0:
-                    print(f'{stop.signal_name or "stop"}: stopped after iteration {it}; '
-                          f'checkpoint saved to {ctx["latest"]} (continue with --resume '
-                          f'{ctx["latest"]})')
+                stop_with_checkpoint(ctx, it, saved=evaluate_now, reason=stop.signal_name)
                 return ctx['results']
             if evaluate_now:
                 started = time.perf_counter()
+    finish_training(ctx, model, device)
+    return ctx['results']
+
+
+def stop_with_checkpoint(ctx, it, saved, reason):
+    """A stop request (signal): save unless this iteration's evaluation just saved."""
+    if not saved:
+        save_latest(ctx, it)
+    if ctx['rank'] == 0:
+        print(f'{reason or "stop"}: stopped after iteration {it}; checkpoint saved to '
+              f'{ctx["latest"]} (continue with --resume {ctx["latest"]})')
+
+
+def finish_training(ctx, model, device):
+    """Check that all ranks ended with the same weights; say where the checkpoint is."""
     if distributed.is_distributed():
         if not distributed.parameters_identical(model, device):
             raise RuntimeError('parameters differ across ranks after training')
-        if rank == 0:
+        if ctx['rank'] == 0:
             print('parameters identical on every rank')
-    if rank == 0:
+    if ctx['rank'] == 0:
         print(f'Checkpoint saved to {ctx["latest"]}')
-    return ctx['results']
 
 
 def wrap_for_training(model, device):
