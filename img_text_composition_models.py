@@ -121,6 +121,8 @@ class ImgTextCompositionBase(nn.Module):
         return self.text_model(texts)
 
     def compose_img_text(self, imgs, texts, masks=None):
+        """Query features (B, d) from reference images (B, 3, H, W), B texts and, for models
+        with a mask branch, LPVL masks (B, 3, H, W)."""
         raise NotImplementedError
 
     def compute_loss(self, imgs_query, texts, imgs_target, masks=None):
@@ -130,6 +132,7 @@ class ImgTextCompositionBase(nn.Module):
         return {'total': self.loss_fn(query, target)}
 
     def forward(self, imgs_query, texts, imgs_target, masks=None):
+        """compute_loss, so that DistributedDataParallel's forward trains the model."""
         return self.compute_loss(imgs_query, texts, imgs_target, masks)
 
 
@@ -234,6 +237,7 @@ class TextMap(nn.Module):
             nn.Linear(text_dim, c * h * w)
 
     def forward(self, text):
+        """(B, d) -> (B, C, h, w)."""
         return self.proj(text).view(len(text), *self.shape)
 
 
@@ -282,6 +286,7 @@ class LGLI(ImgTextCompositionBase):
         return self.fc1(torch.cat(pooled, 1)), pooled
 
     def extract_img_feature(self, imgs):
+        """imgs (B, 3, H, W) -> (B, d) = fc1(cat(pool(L), pool(M), pool(H)))."""
         return self.extract_img_levels(imgs)[0]
 
     def compose_levels(self, imgs, texts, masks):
