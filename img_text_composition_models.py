@@ -9,6 +9,7 @@ Retrieval - An Empirical Odyssey", CVPR 2019):
 `forward` is `compute_loss`, so a DistributedDataParallel wrapper trains any of them.
 `masks` (B, 3, H, W) are LPVL localisation masks; models without a mask branch ignore them.
 """
+import contextlib
 import os
 
 import torch
@@ -251,6 +252,22 @@ def infiltrate(feature, mask_feature, text_map, mask_scale):
     return (aware - mu) / (sigma + 1e-5) * text_map + feature
 
 
+@contextlib.contextmanager
+def frozen_bn_statistics(module, frozen=True):
+    """Inside, BatchNorm layers of `module` still normalise a training batch by its own
+    statistics but leave their running statistics unchanged (momentum 0)."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in layers]
+    if frozen:
+        for layer in layers:
+            layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
 class LGLI(ImgTextCompositionBase):
     """LGLI (Huang & Zhang, "Language Guided Local Infiltration for Interactive Image
     Retrieval", CVPR Workshops 2023): the TILA module infiltrates text maps into the L, M
@@ -262,8 +279,9 @@ class LGLI(ImgTextCompositionBase):
     uses_mask = True
 
     def __init__(self, vocab_words, embed_dim=512, input_size=(64, 64), mask_scale=1e-5,
-                 text_proj='mlp', multi_level_loss=True, **kwargs):
+                 text_proj='mlp', multi_level_loss=True, mask_bn_stats='shared', **kwargs):
         super().__init__(vocab_words, embed_dim, **kwargs)
+        self.mask_bn_stats = mask_bn_stats
         del self.img_fc  # LGLI represents images through fc1 over all three levels
         self.fc1 = nn.Linear(sum(LEVEL_CHANNELS), embed_dim)
         self.text_maps = nn.ModuleList(
@@ -277,7 +295,7 @@ class LGLI(ImgTextCompositionBase):
         return cls(vocab_words, embed_dim=opt.image_embed_dim, loss=opt.loss,
                    backbone_weights=opt.backbone_weights, input_size=input_size,
                    mask_scale=opt.mask_scale, text_proj=opt.text_proj,
-                   multi_level_loss=opt.multi_level_loss)
+                   multi_level_loss=opt.multi_level_loss, mask_bn_stats=opt.mask_bn_stats)
 
     def extract_img_levels(self, imgs):
         """imgs (B, 3, H, W) -> (fc1 representation (B, d), pooled levels [(B, 64),
@@ -295,9 +313,11 @@ class LGLI(ImgTextCompositionBase):
         if masks is None:
             raise ValueError('LGLI composes with a localisation mask; got masks=None')
         text = self.extract_text_feature(texts)
+        with frozen_bn_statistics(self.img_model, self.mask_bn_stats == 'frozen'):
+            mask_levels = self.img_model.levels(masks)
         pooled = [pool(infiltrate(f, fm, text_map(text), self.mask_scale))
-                  for f, fm, text_map in zip(self.img_model.levels(imgs),
-                                             self.img_model.levels(masks), self.text_maps)]
+                  for f, fm, text_map in zip(self.img_model.levels(imgs), mask_levels,
+                                             self.text_maps)]
         return self.fc1(torch.cat(pooled, 1)), pooled
 
     def compose_img_text(self, imgs, texts, masks=None):

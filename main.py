@@ -74,6 +74,10 @@ def build_parser():
     p.add_argument('--text_proj', default=None, choices=['mlp', 'linear'],
                    help='LGLI text maps (default: mlp on css3d, linear elsewhere)')
     add_bool(p, '--multi_level_loss', True, 'LGLI: add the per-level loss terms')
+    p.add_argument('--mask_bn_stats', default='shared', choices=['shared', 'frozen'],
+                   help='LGLI: mask batches update the backbone\'s BatchNorm running statistics '
+                        '(shared, as published) or leave them to the images (frozen; a '
+                        'deviation, see README)')
     p.add_argument('--lpvl_topk', type=int, default=None,
                    help='detector_clip boxes kept (default: 3 on css3d, 1 elsewhere)')
     p.add_argument('--detector_weights', default=None, help='Faster R-CNN COCO state dict')

@@ -14,7 +14,7 @@ TEXTS = ['make red circle blue', 'make circle red']
 def lgli(**kw):
     opt = argparse.Namespace(**{'model': 'LGLI', 'image_embed_dim': 32, 'loss':
                                 'batch_based_classification', 'backbone_weights': 'none',
-                                'mask_scale': 1e-5, 'text_proj': 'mlp',
+                                'mask_scale': 1e-5, 'text_proj': 'mlp', 'mask_bn_stats': 'shared',
                                 'multi_level_loss': True, **kw})
     return m.build_model(opt, VOCAB, (64, 64))
 
@@ -93,3 +93,24 @@ def test_multi_level_loss_terms():
     assert torch.allclose(losses['H'], expected)
     single = lgli(multi_level_loss=False)(imgs, TEXTS, targets, masks)
     assert set(single) == {'total', 'final'}
+
+
+def test_frozen_mask_bn_statistics():
+    """'frozen' trains identically but keeps the masks out of the BN running statistics."""
+    imgs, targets = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    masks = torch.full((4, 3, 64, 64), -2.0)  # mostly-black masks: very different statistics
+    runs = {}
+    for mode in ('shared', 'frozen'):
+        torch.manual_seed(0)
+        model = lgli(mask_bn_stats=mode)
+        losses = model(imgs, TEXTS * 2, targets, masks)
+        runs[mode] = (losses['total'].item(), model.img_model.stem[1].running_mean.clone())
+    torch.manual_seed(0)
+    reference = lgli()
+    reference.img_model(imgs)  # what the statistics see without masks: images, then targets
+    reference.img_model(targets)
+    assert runs['shared'][0] == runs['frozen'][0]  # same training computation
+    assert torch.allclose(runs['frozen'][1], reference.img_model.stem[1].running_mean)
+    assert not torch.allclose(runs['shared'][1], runs['frozen'][1])
+    bn = reference.img_model.stem[1]
+    assert bn.momentum == 0.1  # the context restores the momentum

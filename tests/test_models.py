@@ -17,7 +17,7 @@ TEXTS = ['add red circle', 'remove circle', '', 'unknown words here']
 def make_opt(model, **kw):
     return argparse.Namespace(**{'model': model, 'image_embed_dim': 32, 'loss':
                                  'batch_based_classification', 'backbone_weights': 'none',
-                                 'mask_scale': 1e-5, 'text_proj': 'mlp',
+                                 'mask_scale': 1e-5, 'text_proj': 'mlp', 'mask_bn_stats': 'shared',
                                  'multi_level_loss': True, **kw})
 
 
