@@ -11,8 +11,9 @@ Recall@1 (at the end of training; ties go to the default rate) and only the chos
 evaluated on test. The LGLI ablations (no mask, final
 loss only) train at LGLI's chosen rate, so that each differs from full LGLI in one thing;
 the other baselines train at the default rate. The last row is a deviation from the
-published model (masks leave the BatchNorm running statistics alone) with its own grid. Rows already finished in --out are reused,
-so an interrupted table resumes where it stopped.
+published model (masks leave the BatchNorm running statistics alone) with its own grid. Rows already finished in --out are reused
+and an interrupted run continues from its last checkpoint, so an interrupted table resumes
+where it stopped.
 Prints one Markdown table: R@1/5/10/50 on test, training wall time, parameter count.
 """
 import argparse
@@ -79,11 +80,17 @@ def last_record(log_dir):
 
 
 def run_once(log_dir, argv, done):
-    """driver.main(argv + log dir) unless log_dir already holds a record satisfying done()."""
+    """driver.main(argv + log dir) unless log_dir already holds a record satisfying done().
+
+    An unfinished run that left a checkpoint continues from it (--resume) instead of
+    starting over."""
     record = last_record(log_dir)
     if record is None or not done(record):
+        checkpoints = sorted(glob.glob(os.path.join(log_dir, '*', 'latest_checkpoint.pth')))
+        resume = ['--resume', checkpoints[-1]] if checkpoints and '--test_only' not in argv \
+            else []
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the table
-            driver.main(argv + ['--log_dir', log_dir])
+            driver.main(argv + ['--log_dir', log_dir] + resume)
         record = last_record(log_dir)
     return record
 
