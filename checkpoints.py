@@ -31,9 +31,13 @@ def copy(source, path):
     os.replace(path + '.tmp', path)
 
 
-def load(path):
+RESUME_KEYS = ('optimizer_state_dict', 'scheduler_state_dict', 'rng')
+
+
+def load(path, resume=False):
     """The checkpoint at `path`, loaded on the CPU with weights_only=True; anything else
-    (missing, corrupt, or carrying pickled Python objects) is a one-line UsageError."""
+    (missing, corrupt, carrying pickled Python objects, or for `resume` lacking the training
+    state an exact resume needs) is a one-line UsageError."""
     if not os.path.isfile(path):
         raise UsageError(f'checkpoint not found: {path}')
     try:
@@ -48,6 +52,10 @@ def load(path):
     if missing:
         raise UsageError(f'{path} is not a checkpoint of this code base (no '
                          f'{", ".join(missing)})')
+    missing = [k for k in RESUME_KEYS if resume and k not in keys]
+    if missing:
+        raise UsageError(f'cannot resume from {path}: it lacks {", ".join(missing)} (written '
+                         'by an older version?); it still works with --test_only')
     return state
 
 

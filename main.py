@@ -503,7 +503,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     opt = parse_args(argv)
     checkpoint_path = opt.resume or (opt.model_checkpoint if opt.test_only else None)
-    checkpoint = checkpoints.load(checkpoint_path) if checkpoint_path else None
+    checkpoint = checkpoints.load(checkpoint_path, resume=bool(opt.resume)) if checkpoint_path \
+        else None
     if checkpoint:
         opt = flags_with_checkpoint(opt, argv, checkpoint, checkpoint_path)
     rank, world_size, device = init_device(opt)

@@ -92,6 +92,11 @@ def test_unsafe_and_foreign_checkpoints_are_refused(tmp_path):
     truncated.write_bytes(b'PK\x03\x04 not really')
     with pytest.raises(UsageError, match='cannot load checkpoint'):
         checkpoints.load(str(truncated))
+    weights_only_state = tmp_path / 'no_training_state.pth'
+    torch.save({'it': 1, 'opt': {}, 'model_state_dict': {}, 'vocab': []}, weights_only_state)
+    assert checkpoints.load(str(weights_only_state))['it'] == 1
+    with pytest.raises(UsageError, match='cannot resume .* lacks optimizer_state_dict'):
+        checkpoints.load(str(weights_only_state), resume=True)
 
 
 def test_test_only_refuses_mismatches(css_dir, tmp_path):
