@@ -498,6 +498,19 @@ def start_run(opt, checkpoint):
     return run_dir, SummaryWriter(run_dir, purge_step=checkpoint['it'] + 1)
 
 
+def build_model(opt, trainset, input_size, checkpoint=None, checkpoint_path=None):
+    """The --model network for images of input_size (H, W): with the vocabulary of the
+    training texts, or with the checkpoint's vocabulary and weights."""
+    vocab = checkpoint['vocab'] if checkpoint else \
+        SimpleVocab.from_texts(trainset.get_all_texts()).words
+    model = img_text_composition_models.build_model(
+        argparse.Namespace(**dict(vars(opt), backbone_weights='none')) if checkpoint else opt,
+        vocab, input_size)
+    if checkpoint:
+        checkpoints.check_model_state(model, checkpoint['model_state_dict'], checkpoint_path)
+    return model
+
+
 def main(argv=None):
     """Parse flags, train (or evaluate a checkpoint) and return the final [(name, recall)]."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -519,13 +532,7 @@ def main(argv=None):
     run_dir = distributed.broadcast_from_rank0(run_dir)
     if world_size > 1 and rank == 0:
         print(f'{world_size} processes, effective batch {world_size * opt.batch_size}')
-    vocab = checkpoint['vocab'] if checkpoint else \
-        SimpleVocab.from_texts(trainset.get_all_texts()).words
-    model = img_text_composition_models.build_model(
-        argparse.Namespace(**dict(vars(opt), backbone_weights='none')) if checkpoint else opt,
-        vocab, input_size)
-    if checkpoint:
-        checkpoints.check_model_state(model, checkpoint['model_state_dict'], checkpoint_path)
+    model = build_model(opt, trainset, input_size, checkpoint, checkpoint_path)
     model.to(device, memory_format=torch.channels_last if opt.channels_last else
              torch.contiguous_format)
     if opt.test_only:
