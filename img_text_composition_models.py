@@ -313,11 +313,13 @@ class LGLI(ImgTextCompositionBase):
         if masks is None:
             raise ValueError('LGLI composes with a localisation mask; got masks=None')
         text = self.extract_text_feature(texts)
+        # the image pass comes first, as published: in training mode the order of the two
+        # passes decides how the BatchNorm running averages weight images against masks
+        img_levels = self.img_model.levels(imgs)
         with frozen_bn_statistics(self.img_model, self.mask_bn_stats == 'frozen'):
             mask_levels = self.img_model.levels(masks)
         pooled = [pool(infiltrate(f, fm, text_map(text), self.mask_scale))
-                  for f, fm, text_map in zip(self.img_model.levels(imgs), mask_levels,
-                                             self.text_maps)]
+                  for f, fm, text_map in zip(img_levels, mask_levels, self.text_maps)]
         return self.fc1(torch.cat(pooled, 1)), pooled
 
     def compose_img_text(self, imgs, texts, masks=None):

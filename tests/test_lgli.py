@@ -114,3 +114,18 @@ def test_frozen_mask_bn_statistics():
     assert not torch.allclose(runs['shared'][1], runs['frozen'][1])
     bn = reference.img_model.stem[1]
     assert bn.momentum == 0.1  # the context restores the momentum
+
+
+def test_image_pass_precedes_mask_pass():
+    """As published, the reference image goes through the backbone before its mask, so with
+    momentum 1 the running statistics after composing are the mask batch's."""
+    imgs, masks = torch.randn(4, 3, 64, 64), torch.full((4, 3, 64, 64), -2.0)
+    model = lgli()
+    bn = model.img_model.stem[1]
+    bn.momentum = 1.0
+    model.compose_img_text(imgs, TEXTS * 2, masks)
+    after_compose = bn.running_mean.clone()
+    model.img_model(masks)
+    assert torch.equal(after_compose, bn.running_mean)
+    model.img_model(imgs)
+    assert not torch.allclose(after_compose, bn.running_mean)
