@@ -8,11 +8,11 @@ a test split of its own (never used to choose anything).
 Protocol: every row trains for the same --num_iters with the same seed and batch size.
 tirg and LGLI each get the same learning-rate grid; the rate is chosen by validation
 Recall@1 (at the end of training; ties go to the default rate) and only the chosen run is
-evaluated on test. The LGLI ablations (no mask, final
-loss only) train at LGLI's chosen rate, so that each differs from full LGLI in one thing;
-the other baselines train at the default rate. The last row is a deviation from the
-published model (masks leave the BatchNorm running statistics alone) with its own grid. Rows already finished in --out are reused
-and an interrupted run continues from its last checkpoint, so an interrupted table resumes
+evaluated on test. The LGLI ablations (no mask, final loss only) train at LGLI's chosen rate,
+so that each differs from full LGLI in one thing; the other baselines train at the default
+rate. The last row is a deviation from the published model (masks leave the BatchNorm
+running statistics alone) with its own grid. Rows already finished in --out are reused and
+an interrupted run continues from its last checkpoint, so an interrupted table resumes
 where it stopped.
 Prints one Markdown table: R@1/5/10/50 on test, training wall time, parameter count.
 """
