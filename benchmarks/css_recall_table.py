@@ -1,6 +1,6 @@
 """The paper's CSS comparison on one generated CSS set: baselines, LGLI and its ablations.
 
-    python benchmarks/css_recall_table.py [--num_iters 1000] [--seed 0]
+    python benchmarks/css_recall_table.py [--num_iters 1200] [--seed 0]
 
 Data: one css_generator.py set at the real CSS3D training scale (1,000 base scenes, 6,000
 mods x 3 pairs = 18,000 training pairs), with a validation split for model selection and
@@ -120,7 +120,7 @@ def fmt_row(name, lr, train_record, test_record):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--num_iters', type=int, default=1000)
+    p.add_argument('--num_iters', type=int, default=1200)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=os.path.join('runs', 'css_recall_table'))
     p.add_argument('--scale', type=float, default=1.0,
