@@ -69,14 +69,28 @@ def prepare_data(data_dir, seed, scale=1.0):
         json.dump(stamp, f)
 
 
-def last_record(log_dir):
-    """Final results.jsonl record of the run under log_dir, or None."""
+def run_records(log_dir):
+    """The results.jsonl records of the run under log_dir (oldest first), or []."""
     files = sorted(glob.glob(os.path.join(log_dir, '*', 'results.jsonl')))
     if not files:
-        return None
+        return []
     with open(files[-1]) as f:
-        records = [json.loads(line) for line in f]
+        return [json.loads(line) for line in f]
+
+
+def last_record(log_dir):
+    """Final results.jsonl record of the run under log_dir, or None."""
+    records = run_records(log_dir)
     return records[-1] if records else None
+
+
+def curve_line(name, lr, log_dir):
+    """One row of the training-curve table: validation R@1 and mean training loss at each
+    evaluation of the run under log_dir."""
+    records = run_records(log_dir)
+    recalls = ' / '.join(f'{100 * r["recall_top1_correct_composition"]:.1f}' for r in records)
+    losses = ' / '.join(f'{r["train_loss"]:.2f}' for r in records)
+    return f'| {name} | {lr:g} | {recalls} | {losses} |'
 
 
 def run_once(log_dir, argv, done):
@@ -133,7 +147,7 @@ def main(argv=None):
               str(args.seed), '--loader_num_workers', '1', '--eval_batch_size', '256']
     finished = lambda r: r['it'] == args.num_iters
 
-    chosen_lr, grid_lines, table = {}, [], []
+    chosen_lr, curve_lines, table = {}, [], []
     for name, model, flags, lr_policy in ROWS:
         if lr_policy == 'grid':
             val = {}
@@ -145,7 +159,7 @@ def main(argv=None):
                 except FloatingPointError as e:  # a diverged rate is a grid result too
                     print(f'{name} lr {lr:g}: {e}', file=sys.stderr)
                     val[lr] = float('-inf')
-                grid_lines.append(f'| {name} | {lr:g} | {100 * val[lr]:.1f} |')
+                curve_lines.append(curve_line(name, lr, log_dir))
             # best validation R@1; a tie goes to the default rate, then to the first
             chosen_lr[name] = max(LR_GRID, key=lambda lr: (val[lr], lr == DEFAULT_LR))
             lr = chosen_lr[name]
@@ -155,6 +169,7 @@ def main(argv=None):
             lr = DEFAULT_LR if lr_policy == 'default' else chosen_lr[lr_policy]
             log_dir, row_argv = train_row(args.out, name, model, flags, lr, common)
             train_record = run_once(log_dir, row_argv + ['--eval_split', 'val'], finished)
+            curve_lines.append(curve_line(name, lr, log_dir))
         table.append(fmt_row(name, lr, train_record, evaluate_test(log_dir, row_argv)))
         print(f'done: {table[-1]}', file=sys.stderr, flush=True)
 
@@ -164,8 +179,10 @@ def main(argv=None):
              f'{100 * chance:.2f}).', '',
              '| model | lr | R@1 | R@5 | R@10 | R@50 | training time | parameters |',
              '|---|---|---|---|---|---|---|---|', *table, '',
-             'Learning-rate selection (validation R@1, %):', '',
-             '| model | lr | val R@1 |', '|---|---|---|', *grid_lines]
+             f'Training curves (every run; at iterations {args.num_iters // 2} / '
+             f'{args.num_iters}): validation R@1 in %, the last of which chose the grid rows\' '
+             'rate, and the mean training loss since the previous evaluation.', '',
+             '| model | lr | val R@1 | training loss |', '|---|---|---|---|', *curve_lines]
     with open(os.path.join(args.out, 'table.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     print('\n'.join(lines))
